@@ -1,0 +1,298 @@
+"""The ``imagefs`` command: ``imagefs image …``, ``imagefs mount``, ``imagefs umount``.
+
+Errors print one line on stderr and exit non-zero: 1 for a failed request,
+2 for bad usage or settings, 130 when interrupted.  ``--debug`` adds
+tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import ConfigError, ImagefsError
+from .progress import ProgressLine, human
+
+log = logging.getLogger("imagefs")
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+# ---- option groups shared by the subcommands ---------------------------------
+def _service_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("image service (default: the embedded store)")
+    g.add_argument("--store", metavar="DIR", help="use the embedded store in DIR")
+    g.add_argument("--os-cloud", metavar="NAME", help="cloud in clouds.yaml (env OS_CLOUD)")
+    g.add_argument("--os-auth-token", metavar="TOKEN", help="token (env OS_AUTH_TOKEN)")
+    g.add_argument("--os-image-url", metavar="URL",
+                   help="Glance endpoint, e.g. http://glance:9292 (env OS_IMAGE_URL)")
+    g.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="HTTP connect/read timeout (default 30)")
+    g = p.add_argument_group("logging")
+    g.add_argument("-v", "--verbose", action="store_true", help="log what is done")
+    g.add_argument("--debug", action="store_true", help="log everything, with tracebacks")
+    return p
+
+
+def _format_option() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-f", "--format", choices=("table", "json"), default="table",
+                   help="output format (default table)")
+    return p
+
+
+def _property(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _visibility(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    for v in ("public", "private", "shared", "community"):
+        g.add_argument(f"--{v}", dest="visibility", action="store_const", const=v,
+                       help=f"make the image {v}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    svc, fmt = _service_options(), _format_option()
+    parser = argparse.ArgumentParser(
+        prog="imagefs", description="Mount OpenStack images as files, fetched lazily.")
+    parser.add_argument("--version", action="version", version=f"imagefs {__version__}")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    image = top.add_parser("image", help="list, show, create, update, delete, download images")
+    sub = image.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    p = sub.add_parser("list", parents=[svc, fmt], help="list images")
+    p.add_argument("--name")
+    p.add_argument("--status", help="only this status (default active; 'all' for any)")
+    p.add_argument("--visibility", choices=("public", "private", "shared", "community"))
+    p.add_argument("--owner", metavar="PROJECT")
+    p.add_argument("--disk-format")
+    p.add_argument("--container-format")
+    p.add_argument("--property", type=_property, action="append", default=[],
+                   metavar="KEY=VALUE", help="only images with this property (repeatable)")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--sort-key", default="created_at")
+    p.add_argument("--sort-dir", choices=("asc", "desc"), default="desc")
+
+    p = sub.add_parser("show", parents=[svc, fmt], help="show one image")
+    p.add_argument("image", metavar="ID", help="image UUID or URI")
+
+    p = sub.add_parser("create", parents=[svc, fmt], help="create an image")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--file", metavar="PATH", help="upload the image's data from PATH")
+    p.add_argument("--disk-format", required=True)
+    p.add_argument("--container-format", required=True)
+    p.add_argument("--min-disk", type=int)
+    p.add_argument("--min-ram", type=int)
+    p.add_argument("--property", type=_property, action="append", default=[],
+                   metavar="KEY=VALUE", help="set a custom property (repeatable)")
+    _visibility(p)
+
+    p = sub.add_parser("update", parents=[svc, fmt], help="change an image's metadata")
+    p.add_argument("image", metavar="ID")
+    p.add_argument("--name")
+    p.add_argument("--min-disk", type=int)
+    p.add_argument("--min-ram", type=int)
+    p.add_argument("--property", type=_property, action="append", default=[],
+                   metavar="KEY=VALUE", help="set a custom property (repeatable)")
+    p.add_argument("--purge-props", action="store_true",
+                   help="remove every custom property not given with --property")
+    _visibility(p)
+
+    p = sub.add_parser("delete", parents=[svc], help="delete images")
+    p.add_argument("images", metavar="ID", nargs="+")
+
+    p = sub.add_parser("download", parents=[svc], help="download an image, verified")
+    p.add_argument("image", metavar="ID")
+    p.add_argument("--file", metavar="PATH", required=True,
+                   help="write to PATH (it appears only complete and verified)")
+
+    _add_mount_commands(top, svc)
+    return parser
+
+
+def _add_mount_commands(top, svc) -> None:
+    try:
+        from .mount import add_arguments
+    except ImportError:  # the mount needs pyfuse3; the image commands do not
+        return
+    add_arguments(top, svc)
+
+
+# ---- output --------------------------------------------------------------------
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    print(line)
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    print(line)
+    for row in cells:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+    print(line)
+
+
+def print_record(record: dict, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(record, indent=2, sort_keys=True))
+        return
+    rows = [(k, v) for k, v in record.items() if k != "properties"]
+    rows += [(f"properties.{k}", v) for k, v in sorted(record["properties"].items())]
+    print_table(rows, ("Field", "Value"))
+
+
+# ---- the image commands ---------------------------------------------------------
+def _open(args):
+    from .connect import ServiceOptions, open_api
+
+    opts = ServiceOptions.from_env(store=args.store, os_cloud=args.os_cloud,
+                                   os_auth_token=args.os_auth_token,
+                                   os_image_url=args.os_image_url, timeout=args.timeout)
+    progress = None
+    if args.action in ("create", "download") and sys.stderr.isatty():
+        progress = ProgressLine("uploading" if args.action == "create" else "downloading")
+    api, ctx = open_api(opts, progress=progress)
+    return api, ctx, progress
+
+
+def _info(args) -> dict:
+    info: dict[str, Any] = {}
+    for key in ("name", "disk_format", "container_format", "min_disk", "min_ram", "visibility"):
+        value = getattr(args, key, None)
+        if value is not None:
+            info[key] = value
+    info["properties"] = dict(args.property)
+    return info
+
+
+def run_image(args) -> int:
+    api, ctx, progress = _open(args)
+    try:
+        return _IMAGE_ACTIONS[args.action](api, ctx, args)
+    finally:
+        if progress:
+            progress.finish()
+
+
+def _list(api, ctx, args) -> int:
+    filters = {k: getattr(args, k) for k in ("name", "visibility", "owner", "disk_format",
+                                              "container_format") if getattr(args, k)}
+    filters.update(dict(args.property))
+    if args.status:
+        filters["status"] = None if args.status == "all" else args.status
+    records = api.get_all(ctx, filters=filters, limit=args.limit, sort_key=args.sort_key,
+                          sort_dir=args.sort_dir)
+    if args.format == "json":
+        print(json.dumps(list(records), indent=2, sort_keys=True))
+    else:
+        print_table([(r["id"], r["name"], r["status"], r["size"], r["disk_format"],
+                      r["visibility"]) for r in records],
+                    ("ID", "Name", "Status", "Size", "Disk Format", "Visibility"))
+    return 0
+
+
+def _show(api, ctx, args) -> int:
+    print_record(api.get(ctx, args.image, show_deleted=False), args.format)
+    return 0
+
+
+def _create(api, ctx, args) -> int:
+    info = _info(args)
+    if args.file:
+        try:
+            with open(args.file, "rb") as f:
+                record = api.create(ctx, info, data=f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.file}: {exc.strerror}") from exc
+    else:
+        record = api.create(ctx, info)
+    print_record(record, args.format)
+    return 0
+
+
+def _update(api, ctx, args) -> int:
+    info = _info(args)
+    if not args.purge_props and not info["properties"]:
+        del info["properties"]
+    print_record(api.update(ctx, args.image, info, purge_props=args.purge_props), args.format)
+    return 0
+
+
+def _delete(api, ctx, args) -> int:
+    failed = 0
+    for image in args.images:
+        try:
+            api.delete(ctx, image)
+        except ImagefsError as exc:
+            print(f"imagefs: {exc}", file=sys.stderr)
+            failed += 1
+    return EXIT_FAILED if failed else 0
+
+
+def _download(api, ctx, args) -> int:
+    record = api.download(ctx, args.image, dest_path=args.file)
+    log.info("wrote %s (%s) to %s", record["id"], human(record["size"] or 0), args.file)
+    return 0
+
+
+_IMAGE_ACTIONS = {"list": _list, "show": _show, "create": _create, "update": _update,
+                  "delete": _delete, "download": _download}
+
+
+# ---- entry point -----------------------------------------------------------------
+def setup_logging(verbose: bool, debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="imagefs: %(levelname)s: %(message)s"
+                        if not debug else "%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if not debug:  # the libraries' own chatter is for --debug
+        for name in ("keystoneauth", "glanceclient", "urllib3", "openstack", "stevedore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "verbose", False), getattr(args, "debug", False))
+    try:
+        if args.command == "image":
+            return run_image(args)
+        return args.run(args)
+    except ConfigError as exc:
+        print(f"imagefs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ImagefsError as exc:
+        print(f"imagefs: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("imagefs: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: say so in one line, the traceback with --debug
+        if getattr(args, "debug", False):
+            raise
+        print(f"imagefs: internal error: {type(exc).__name__}: {exc} (run with --debug for "
+              "details)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

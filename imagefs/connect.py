@@ -1,0 +1,102 @@
+"""From command-line options and ``OS_*`` variables to an ``API`` and a context.
+
+Which image service, in this order:
+
+1. ``--store DIR``: the embedded store in DIR.
+2. ``--os-auth-token``/``OS_AUTH_TOKEN`` with ``--os-image-url``/
+   ``OS_IMAGE_URL``: Glance at that URL with that token (no Keystone needed).
+3. ``--os-cloud``/``OS_CLOUD``, or ``OS_AUTH_URL`` and the other usual
+   ``OS_*`` variables: keystoneauth through openstacksdk's config loader
+   (``clouds.yaml``, ``secure.yaml``, environment), which finds Glance in the
+   service catalog unless ``--os-image-url`` overrides it.
+4. None of these: the embedded store in its default place
+   (``$XDG_DATA_HOME/imagefs/store``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Mapping
+
+from .api import API, Progress
+from .context import RequestContext
+from .drivers.local import LocalDriver, default_store_dir
+from .errors import ConfigError
+from .retry import RetryPolicy
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceOptions:
+    store: str | None = None
+    os_cloud: str | None = None
+    os_auth_token: str | None = None
+    os_image_url: str | None = None
+    timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ, **given) -> "ServiceOptions":
+        """Options given on the command line win over ``OS_*`` variables."""
+        given = {k: v for k, v in given.items() if v is not None}
+        given.setdefault("os_cloud", env.get("OS_CLOUD") or None)
+        given.setdefault("os_auth_token", env.get("OS_AUTH_TOKEN") or env.get("OS_TOKEN") or None)
+        given.setdefault("os_image_url", env.get("OS_IMAGE_URL") or None)
+        return cls(**given)
+
+
+def uses_keystone(opts: ServiceOptions, env: Mapping[str, str]) -> bool:
+    return bool(opts.os_cloud or env.get("OS_AUTH_URL"))
+
+
+def describe(opts: ServiceOptions, env: Mapping[str, str] = os.environ) -> str:
+    """Where the images come from, for logs and messages."""
+    if opts.store:
+        return f"embedded store {opts.store}"
+    if opts.os_auth_token or opts.os_image_url:
+        return f"Glance at {opts.os_image_url}"
+    if uses_keystone(opts, env):
+        return f"Glance of cloud {opts.os_cloud or 'from OS_* variables'}"
+    return f"embedded store {default_store_dir()}"
+
+
+def open_api(opts: ServiceOptions, env: Mapping[str, str] = os.environ, *,
+             retry: RetryPolicy = RetryPolicy(), progress: Progress | None = None
+             ) -> tuple[API, RequestContext]:
+    """The API and the caller's context for these options."""
+    if opts.store:
+        return API(LocalDriver(opts.store), retry=retry, progress=progress), \
+            RequestContext.local_admin()
+    if opts.os_auth_token or (opts.os_image_url and not uses_keystone(opts, env)):
+        if not (opts.os_auth_token and opts.os_image_url):
+            missing = "--os-image-url / OS_IMAGE_URL" if opts.os_auth_token else \
+                "--os-auth-token / OS_AUTH_TOKEN"
+            raise ConfigError(f"token authentication needs {missing} as well")
+        from .drivers.glance import GlanceDriver
+        driver = GlanceDriver(opts.os_image_url, timeout=opts.timeout)
+        return API(driver, retry=retry, progress=progress), \
+            RequestContext(auth_token=opts.os_auth_token)
+    if uses_keystone(opts, env):
+        return _open_cloud(opts, retry, progress)
+    return API(LocalDriver(default_store_dir()), retry=retry, progress=progress), \
+        RequestContext.local_admin()
+
+
+def _open_cloud(opts: ServiceOptions, retry: RetryPolicy, progress):
+    import openstack.config
+    from openstack import exceptions as sdk_exc
+
+    from .drivers.glance import GlanceDriver
+    try:
+        region = openstack.config.OpenStackConfig(load_envvars=True).get_one(
+            cloud=opts.os_cloud, api_timeout=opts.timeout)
+        session = region.get_session()
+    except (sdk_exc.SDKException, KeyError, ValueError) as exc:
+        where = f"cloud {opts.os_cloud!r}" if opts.os_cloud else "the OS_* variables"
+        raise ConfigError(f"cannot use {where}: {exc}") from exc
+    driver = GlanceDriver(opts.os_image_url or region.config.get("image_endpoint_override"),
+                          timeout=opts.timeout, interface=region.get_interface() or "public",
+                          region_name=region.get_region_name() or None)
+    auth = region.config.get("auth") or {}
+    ctx = RequestContext(session=session, project_id=auth.get("project_id"),
+                         user_id=auth.get("user_id"))
+    return API(driver, retry=retry, progress=progress), ctx

@@ -1,0 +1,328 @@
+"""The Glance driver: Glance's v2 API through python-glanceclient.
+
+This is the only module that imports glanceclient, keystoneauth or requests.
+Their exceptions are translated to ``imagefs.errors`` in ``_translate``, the
+one place that knows them.
+
+Image data is read through the keystoneauth session directly, not through
+``glanceclient.images.data()``: that call takes no range, and glanceclient
+URL-quotes header values, so a ``Range`` header sent through it reaches Glance
+as ``bytes%3D0-1023`` and is refused with 416.  What Glance does with ranges:
+
+- one range per request, answered 206 with ``Content-Range``; an end past the
+  image is clamped; a start at or past the end is 416;
+- ``Content-MD5`` is the *whole* image's md5, even on a 206: never checked
+  against a part;
+- stores without random access (rbd, swift, s3, http) answer every Range
+  request 400.  An image whose ranged read got 400 is remembered, and from
+  then on read by streaming from the start and skipping to the offset;
+- a queued image has ``size`` None and its data GET answers 204.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+import urllib.parse
+from typing import Any, Iterator
+
+import glanceclient
+import requests
+from glanceclient import exc as gc_exc
+from keystoneauth1 import exceptions as ksa_exc
+from keystoneauth1 import session as ksa_session
+from keystoneauth1 import token_endpoint
+
+from ..context import RequestContext
+from ..errors import (BackendUnavailable, ConfigError, ImageBadRequest, ImageConflict,
+                      ImageError, ImageNoData, ImageNotAuthorized, ImageNotFound,
+                      ImageQuotaExceeded)
+from ..records import make_record
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+_IMAGE_PATH = re.compile(r"^(?P<base>.*?)/v2/images/(?P<id>[0-9a-fA-F-]{32,36})/?$")
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+def error_for_status(status: int, message: str) -> Exception:
+    """The imagefs error for an HTTP status from Glance."""
+    if status == 404:
+        return ImageNotFound(message)
+    if status in (401, 403):
+        return ImageNotAuthorized(message, status)
+    if status == 400:
+        return ImageBadRequest(message)
+    if status == 409:
+        return ImageConflict(message)
+    if status == 413:
+        return ImageQuotaExceeded(message)
+    if status >= 500 or status == 429:
+        return BackendUnavailable(f"{message} (HTTP {status})")
+    return ImageError(message, status)
+
+
+@contextlib.contextmanager
+def _translate(what: str):
+    """Turn glanceclient / keystoneauth / requests exceptions into ours."""
+    try:
+        yield
+    except gc_exc.HTTPException as e:
+        raise error_for_status(e.code, f"{what}: {e.details or e}") from e
+    except (gc_exc.CommunicationError, gc_exc.InvalidEndpoint, ksa_exc.ConnectionError,
+            requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+            requests.exceptions.ChunkedEncodingError, ConnectionError) as e:
+        raise BackendUnavailable(f"{what}: cannot reach the image service: {e}") from e
+    except ksa_exc.HttpError as e:
+        raise error_for_status(e.http_status, f"{what}: {e.message}") from e
+    except (ksa_exc.EndpointNotFound, ksa_exc.MissingAuthPlugin, ksa_exc.NoMatchingPlugin) as e:
+        raise ConfigError(f"{what}: {e}") from e
+    except ksa_exc.AuthorizationFailure as e:
+        raise ImageNotAuthorized(f"{what}: authentication failed: {e}") from e
+    except ksa_exc.DiscoveryFailure as e:
+        raise BackendUnavailable(f"{what}: {e}") from e
+
+
+def _response_error(resp, what: str) -> Exception:
+    text = resp.text[:300].strip() if not resp.raw or resp.headers.get(
+        "Content-Type", "").startswith(("application/json", "text/")) else ""
+    return error_for_status(resp.status_code, f"{what}: {text or resp.reason}")
+
+
+class _IterReader:
+    """A file-like ``read()`` over an iterator of bytes (glanceclient uploads
+    read from file objects only)."""
+
+    def __init__(self, chunks):
+        self._chunks = iter(chunks)
+        self._buf = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buf) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buf += chunk
+        if size < 0:
+            size = len(self._buf)
+        out, self._buf = self._buf[:size], self._buf[size:]
+        return out
+
+
+class GlanceDriver:
+    """Glance v2 at ``endpoint`` (e.g. ``http://glance:9292``).
+
+    ``endpoint`` may be None when every context brings a keystoneauth session
+    whose catalog has an image endpoint.  ``timeout`` bounds each HTTP
+    request's connect and each read of the socket.
+    """
+
+    name = "glance"
+
+    def __init__(self, endpoint: str | None = None, *, timeout: float = 30.0,
+                 interface: str = "public", region_name: str | None = None):
+        self.endpoint = endpoint.rstrip("/") if endpoint else None
+        if self.endpoint and self.endpoint.endswith("/v2"):
+            self.endpoint = self.endpoint[:-3]
+        self.timeout = timeout
+        self.interface = interface
+        self.region_name = region_name
+        self._lock = threading.Lock()
+        self._sessions: dict[Any, tuple[Any, str, Any]] = {}
+        self._no_ranges: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"GlanceDriver({self.endpoint!r})"
+
+    # ---- addressing -------------------------------------------------------
+    def parse_uri(self, uri: str) -> str | None:
+        """``http(s)://host[:port][/prefix]/v2/images/<id>`` on our endpoint's host."""
+        parsed = urllib.parse.urlsplit(uri)
+        if parsed.scheme not in ("http", "https"):
+            return None
+        m = _IMAGE_PATH.match(parsed.path)
+        if not m:
+            return None
+        if self.endpoint:
+            ours = urllib.parse.urlsplit(self.endpoint)
+            if ours.netloc != parsed.netloc:
+                return None
+        return m.group("id")
+
+    # ---- clients ----------------------------------------------------------
+    def _clients(self, ctx: RequestContext):
+        """(keystoneauth session, endpoint, glanceclient client) for ``ctx``."""
+        key = id(ctx.session) if ctx.session is not None else ctx.auth_token
+        with self._lock:
+            cached = self._sessions.get(key)
+            if cached is not None:
+                return cached
+        if ctx.session is not None:
+            session = ctx.session
+            endpoint = self.endpoint
+            if endpoint is None:
+                with _translate("finding the image endpoint"):
+                    endpoint = session.get_endpoint(service_type="image", interface=self.interface,
+                                                    region_name=self.region_name)
+                if not endpoint:
+                    raise ConfigError("no image endpoint in the service catalog")
+                endpoint = endpoint.rstrip("/")
+                if endpoint.endswith("/v2"):
+                    endpoint = endpoint[:-3]
+        elif ctx.auth_token:
+            if not self.endpoint:
+                raise ConfigError("a token needs an image endpoint (--os-image-url / OS_IMAGE_URL)")
+            endpoint = self.endpoint
+            session = ksa_session.Session(auth=token_endpoint.Token(endpoint, ctx.auth_token),
+                                          timeout=self.timeout)
+        else:
+            raise ImageNotAuthorized("no credentials: the context has neither a token nor a session")
+        client = glanceclient.Client("2", endpoint=endpoint, session=session,
+                                     global_request_id=ctx.request_id)
+        entry = (session, endpoint, client)
+        with self._lock:
+            if len(self._sessions) > 64:
+                self._sessions.clear()
+            self._sessions[key] = entry
+        return entry
+
+    def _images(self, ctx: RequestContext):
+        return self._clients(ctx)[2].images
+
+    # ---- records ----------------------------------------------------------
+    def get(self, ctx, image_id, include_locations) -> dict:
+        with _translate(f"image {image_id}"):
+            raw = dict(self._images(ctx).get(image_id))
+        locations = raw.get("locations") or []
+        if include_locations and not locations and raw.get("direct_url"):
+            locations = [{"url": raw["direct_url"], "metadata": {}}]
+        return make_record(raw, include_locations, locations)
+
+    def list(self, ctx, filters, *, marker, limit, sort_key, sort_dir, page_size) -> Iterator[dict]:
+        kwargs: dict[str, Any] = {"filters": dict(filters), "page_size": page_size,
+                                  "sort_key": sort_key, "sort_dir": sort_dir}
+        if marker:
+            kwargs["marker"] = marker
+        if limit:
+            kwargs["limit"] = limit
+        with _translate("listing images"):
+            for image in self._images(ctx).list(**kwargs):
+                yield make_record(dict(image))
+
+    def create(self, ctx, fields, props) -> dict:
+        with _translate("creating an image"):
+            raw = dict(self._images(ctx).create(**fields, **props))
+        return make_record(raw)
+
+    def upload(self, ctx, image_id, chunks) -> None:
+        with _translate(f"uploading data to image {image_id}"):
+            self._images(ctx).upload(image_id, _IterReader(chunks))
+
+    def update(self, ctx, image_id, fields, props, purge_props) -> dict:
+        remove = []
+        if purge_props:
+            current = self.get(ctx, image_id, False)["properties"]
+            remove = [k for k in current if k not in props]
+        with _translate(f"updating image {image_id}"):
+            raw = dict(self._images(ctx).update(image_id, remove_props=remove or None,
+                                                **fields, **props))
+        return make_record(raw)
+
+    def delete(self, ctx, image_id) -> None:
+        with _translate(f"deleting image {image_id}"):
+            self._images(ctx).delete(image_id)
+
+    # ---- data -------------------------------------------------------------
+    def _get_file(self, ctx, image_id: str, range_header: str | None):
+        session, endpoint, _ = self._clients(ctx)
+        headers = {"X-Openstack-Request-ID": ctx.request_id}
+        if range_header:
+            headers["Range"] = range_header
+        with _translate(f"reading image {image_id}"):
+            return session.get(f"{endpoint}/v2/images/{image_id}/file", headers=headers,
+                               raise_exc=False, stream=True, timeout=self.timeout,
+                               authenticated=True, log=False)
+
+    def _stream_body(self, resp, image_id: str, skip: int) -> Iterator[bytes]:
+        """The body of ``resp`` in chunks, the first ``skip`` bytes dropped."""
+        with contextlib.closing(resp), _translate(f"reading image {image_id}"):
+            for chunk in resp.iter_content(CHUNK):
+                if skip:
+                    if len(chunk) <= skip:
+                        skip -= len(chunk)
+                        continue
+                    chunk, skip = chunk[skip:], 0
+                yield chunk
+        if skip:
+            raise BackendUnavailable(f"reading image {image_id}: stream ended early")
+
+    def open_stream(self, ctx, image_id, offset) -> Iterator[bytes]:
+        use_range = offset > 0 and image_id not in self._no_ranges
+        resp = self._get_file(ctx, image_id, f"bytes={offset}-" if use_range else None)
+        if resp.status_code == 400 and use_range:
+            resp.close()
+            self._note_no_ranges(image_id)
+            return self.open_stream(ctx, image_id, offset)
+        if resp.status_code == 416:
+            resp.close()
+            return iter(())
+        return self._body(resp, image_id, offset, use_range)
+
+    def _body(self, resp, image_id, offset, used_range) -> Iterator[bytes]:
+        if resp.status_code == 204:
+            resp.close()
+            raise ImageNoData(f"image {image_id} has no data")
+        if resp.status_code == 206:
+            start = self._range_start(resp, image_id)
+            if start != offset:
+                resp.close()
+                raise BackendUnavailable(f"image {image_id}: asked for bytes from {offset}, "
+                                         f"got from {start}")
+            return self._stream_body(resp, image_id, 0)
+        if resp.status_code == 200:
+            return self._stream_body(resp, image_id, offset)
+        resp.close()
+        raise _response_error(resp, f"reading image {image_id}")
+
+    @staticmethod
+    def _range_start(resp, image_id) -> int:
+        m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+        if not m:
+            raise BackendUnavailable(f"image {image_id}: 206 without a valid Content-Range")
+        return int(m.group(1))
+
+    def _note_no_ranges(self, image_id: str) -> None:
+        if image_id not in self._no_ranges:
+            log.warning("image %s: the store refuses Range requests; reading it by "
+                        "streaming from the start", image_id)
+            self._no_ranges.add(image_id)
+
+    def ranges_supported(self, image_id: str) -> bool:
+        """False once a Range request for this image was refused with 400."""
+        return image_id not in self._no_ranges
+
+    def read(self, ctx, image_id, offset, length) -> bytes:
+        if length <= 0:
+            return b""
+        stream = self.open_stream(ctx, image_id, offset) if image_id in self._no_ranges else None
+        if stream is None:
+            resp = self._get_file(ctx, image_id, f"bytes={offset}-{offset + length - 1}")
+            if resp.status_code == 416:
+                resp.close()
+                return b""
+            if resp.status_code == 400:
+                resp.close()
+                self._note_no_ranges(image_id)
+                return self.read(ctx, image_id, offset, length)
+            stream = self._body(resp, image_id, offset, True)
+        parts, got = [], 0
+        with contextlib.closing(stream):
+            for chunk in stream:
+                parts.append(chunk[: length - got])
+                got += len(parts[-1])
+                if got >= length:
+                    break
+        return b"".join(parts)

@@ -1,0 +1,327 @@
+"""A real Glance API server on loopback, for tests and benchmarks.
+
+``GlanceServer`` writes a ``glance-api.conf`` (sqlite database, one ``fs``
+store) into a directory, runs ``glance-manage db_sync`` and starts this
+module as a subprocess that serves ``glance.wsgi.api:application`` under
+cheroot.
+
+Glance's paste pipeline here uses the ``context`` filter, which trusts the
+keystone-style identity headers (``X-Identity-Status``, ``X-Project-Id``,
+``X-Roles`` ...).  The ``IdentityWrapper`` in front of it plays the part of
+keystonemiddleware: it maps the test tokens in ``TOKENS`` to users, projects
+and roles, strips identity headers a client might forge, and answers 401 to
+any other token.  So every visibility and permission decision in the tests is
+made by Glance itself.
+
+The wrapper also gives tests a control channel (``/_test/...``, not part of
+Glance's API):
+
+- ``GET /_test/stats``: bytes of image data sent (``GET .../file``) and the
+  number of requests, by kind;
+- ``POST /_test/reset``: zero the counters and clear faults;
+- ``POST /_test/faults`` with a JSON object: ``refuse_ranges`` (answer 400 to
+  any Range request, as Glance does for rbd/swift/s3/http stores),
+  ``drop_after`` (close data responses after that many bytes, ``drop_count``
+  times), ``fail_count`` (answer ``fail_status``, default 503, to that many
+  requests), ``down`` (answer 503 to everything until cleared), ``delay``
+  (seconds before each data response).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ADMIN_PROJECT = "a0000000000000000000000000000000"
+PROJECT_A = "a1111111111111111111111111111111"
+PROJECT_B = "b2222222222222222222222222222222"
+
+#: token -> (user id, project id, roles)
+TOKENS = {
+    "admin-token": ("admin-user", ADMIN_PROJECT, ["admin", "member", "reader"]),
+    "alice-token": ("alice", PROJECT_A, ["member", "reader"]),
+    "bob-token": ("bob", PROJECT_B, ["member", "reader"]),
+}
+
+PASTE_INI = """\
+[pipeline:glance-api]
+pipeline = versionnegotiation context rootapp
+
+[composite:rootapp]
+paste.composite_factory = glance.api:root_app_factory
+/: apiversions
+/v2: apiv2app
+
+[app:apiversions]
+paste.app_factory = glance.api.versions:create_resource
+
+[app:apiv2app]
+paste.app_factory = glance.api.v2.router:API.factory
+
+[filter:versionnegotiation]
+paste.filter_factory = glance.api.middleware.version_negotiation:VersionNegotiationFilter.factory
+
+[filter:context]
+paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
+"""
+
+API_CONF = """\
+[DEFAULT]
+enabled_backends = fs:file
+worker_self_reference_url = {url}
+show_multiple_locations = false
+log_file = {dir}/glance-api.log
+debug = false
+
+[database]
+connection = sqlite:///{dir}/glance.sqlite
+
+[glance_store]
+default_backend = fs
+
+[fs]
+filesystem_store_datadir = {dir}/images
+
+[os_glance_staging_store]
+filesystem_store_datadir = {dir}/staging
+
+[os_glance_tasks_store]
+filesystem_store_datadir = {dir}/tasks
+
+[paste_deploy]
+config_file = {dir}/glance-api-paste.ini
+
+[oslo_policy]
+enforce_scope = false
+enforce_new_defaults = true
+
+[wsgi]
+task_pool_threads = 4
+"""
+
+_IDENTITY_HEADERS = ("HTTP_X_IDENTITY_STATUS", "HTTP_X_USER_ID", "HTTP_X_PROJECT_ID",
+                     "HTTP_X_TENANT_ID", "HTTP_X_ROLES", "HTTP_X_ROLE", "HTTP_X_USER_NAME",
+                     "HTTP_X_PROJECT_NAME", "HTTP_X_SERVICE_CATALOG", "HTTP_X_DOMAIN_ID",
+                     "HTTP_X_USER_DOMAIN_ID", "HTTP_X_PROJECT_DOMAIN_ID", "HTTP_X_IS_ADMIN_PROJECT")
+
+
+class IdentityWrapper:
+    """WSGI middleware: token -> identity headers, byte counting, faults."""
+
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        with self.lock:
+            self.stats = {"data_bytes": 0, "data_requests": 0, "range_requests": 0,
+                          "requests": 0, "list_requests": 0, "get_requests": 0}
+            self.faults = {}
+
+    def _simple(self, start_response, status, body):
+        data = json.dumps(body).encode()
+        start_response(status, [("Content-Type", "application/json"),
+                                ("Content-Length", str(len(data)))])
+        return [data]
+
+    def _error(self, start_response, code, title, message):
+        # The shape keystonemiddleware and Glance use for errors.
+        return self._simple(start_response, f"{code} {title}",
+                            {"error": {"code": code, "title": title, "message": message}})
+
+    def _control(self, environ, start_response):
+        path = environ["PATH_INFO"]
+        if path == "/_test/stats":
+            with self.lock:
+                return self._simple(start_response, "200 OK", dict(self.stats))
+        if path == "/_test/reset":
+            self.reset()
+            return self._simple(start_response, "200 OK", {})
+        if path == "/_test/faults":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            faults = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            with self.lock:
+                self.faults = faults
+            return self._simple(start_response, "200 OK", faults)
+        return self._simple(start_response, "404 Not Found", {})
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_test/"):
+            return self._control(environ, start_response)
+        method = environ.get("REQUEST_METHOD")
+        is_data = path.endswith("/file") and method == "GET"
+        with self.lock:
+            faults = dict(self.faults)
+            self.stats["requests"] += 1
+            if method == "GET" and path.rstrip("/") == "/v2/images":
+                self.stats["list_requests"] += 1
+            elif method == "GET" and path.startswith("/v2/images/") and not is_data:
+                self.stats["get_requests"] += 1
+            if is_data:
+                self.stats["data_requests"] += 1
+                if environ.get("HTTP_RANGE"):
+                    self.stats["range_requests"] += 1
+            failing = faults.get("fail_count", 0) > 0
+            if failing:
+                self.faults["fail_count"] -= 1
+        if faults.get("down") or failing:
+            status = faults.get("fail_status", 503) if failing else 503
+            return self._error(start_response, status, "Injected", f"injected failure {status}")
+        if is_data and faults.get("refuse_ranges") and environ.get("HTTP_RANGE"):
+            return self._error(start_response, 400, "Bad Request",
+                               "Range requests are not supported by this store")
+
+        for key in _IDENTITY_HEADERS:
+            environ.pop(key, None)
+        token = environ.pop("HTTP_X_AUTH_TOKEN", None)
+        if token is not None:
+            if token not in TOKENS:
+                return self._error(start_response, 401, "Unauthorized",
+                                   "The request you have made requires authentication.")
+            user, project, roles = TOKENS[token]
+            environ.update({"HTTP_X_IDENTITY_STATUS": "Confirmed", "HTTP_X_USER_ID": user,
+                            "HTTP_X_PROJECT_ID": project, "HTTP_X_ROLES": ",".join(roles)})
+        if not is_data:
+            return self.app(environ, start_response)
+        if faults.get("delay"):
+            time.sleep(faults["delay"])
+        return self._count(self.app(environ, start_response), faults)
+
+    def _count(self, body, faults):
+        drop_after = None
+        if faults.get("drop_after") is not None and faults.get("drop_count", 1) > 0:
+            drop_after = faults["drop_after"]
+            with self.lock:
+                self.faults["drop_count"] = faults.get("drop_count", 1) - 1
+        sent = 0
+        try:
+            for chunk in body:
+                if drop_after is not None and sent + len(chunk) > drop_after:
+                    chunk = chunk[: drop_after - sent]
+                    with self.lock:
+                        self.stats["data_bytes"] += len(chunk)
+                    yield chunk
+                    # Closing the socket mid-body is what a dropped connection
+                    # looks like to the client.
+                    raise ConnectionAbortedError("injected connection drop")
+                sent += len(chunk)
+                with self.lock:
+                    self.stats["data_bytes"] += len(chunk)
+                yield chunk
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GlanceServer:
+    """A Glance API subprocess on 127.0.0.1; use as a context manager."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.dir = Path(workdir)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def _write_config(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("images", "staging", "tasks"):
+            (self.dir / sub).mkdir(exist_ok=True)
+        (self.dir / "glance-api-paste.ini").write_text(PASTE_INI)
+        conf = API_CONF.format(dir=self.dir, url=self.url)
+        (self.dir / "glance-api.conf").write_text(conf)
+        (self.dir / "glance-manage.conf").write_text(
+            f"[DEFAULT]\nlog_file = {self.dir}/glance-manage.log\n"
+            f"[database]\nconnection = sqlite:///{self.dir}/glance.sqlite\n")
+
+    def start(self, timeout: float = 120.0):
+        self._write_config()
+        bindir = Path(sys.executable).parent
+        manage = shutil.which("glance-manage", path=str(bindir)) or "glance-manage"
+        subprocess.run([manage, "--config-file", str(self.dir / "glance-manage.conf"),
+                        "db_sync"], check=True, capture_output=True)
+        env = dict(os.environ, OS_GLANCE_CONFIG_DIR=str(self.dir))
+        log = open(self.dir / "server.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--port", str(self.port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("Glance exited at start:\n"
+                                   + (self.dir / "server.log").read_text()[-4000:])
+            try:
+                urllib.request.urlopen(self.url + "/_test/stats", timeout=1).read()
+                return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"Glance did not start within {timeout}s")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # --- the control channel -------------------------------------------
+    def _post(self, path, body=None):
+        req = urllib.request.Request(self.url + path, data=json.dumps(body or {}).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(req, timeout=10).read())
+
+    def stats(self) -> dict:
+        return json.loads(urllib.request.urlopen(self.url + "/_test/stats", timeout=10).read())
+
+    def reset(self):
+        self._post("/_test/reset")
+
+    def faults(self, **faults):
+        self._post("/_test/faults", faults)
+
+
+def _serve(port: int):
+    from cheroot import wsgi
+
+    from glance.wsgi.api import application
+
+    server = wsgi.Server(("127.0.0.1", port), IdentityWrapper(application),
+                         numthreads=16, request_queue_size=64)
+    signal.signal(signal.SIGTERM, lambda *a: server.stop())
+    try:
+        server.start()
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    _serve(parser.parse_args().port)
