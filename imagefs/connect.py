@@ -38,8 +38,9 @@ class ServiceOptions:
     def from_env(cls, env: Mapping[str, str] = os.environ, **given) -> "ServiceOptions":
         """Options given on the command line win over ``OS_*`` variables."""
         given = {k: v for k, v in given.items() if v is not None}
+        if "os_cloud" not in given:  # an explicit --os-cloud outranks a token in the environment
+            given.setdefault("os_auth_token", env.get("OS_AUTH_TOKEN") or env.get("OS_TOKEN") or None)
         given.setdefault("os_cloud", env.get("OS_CLOUD") or None)
-        given.setdefault("os_auth_token", env.get("OS_AUTH_TOKEN") or env.get("OS_TOKEN") or None)
         given.setdefault("os_image_url", env.get("OS_IMAGE_URL") or None)
         return cls(**given)
 

@@ -16,7 +16,8 @@ as ``bytes%3D0-1023`` and is refused with 416.  What Glance does with ranges:
 - stores without random access (rbd, swift, s3, http) answer every Range
   request 400.  An image whose ranged read got 400 is remembered, and from
   then on read by streaming from the start and skipping to the offset;
-- a queued image has ``size`` None and its data GET answers 204.
+- a queued image has ``size`` None and its data GET answers 204 (a *ranged*
+  GET of it fails inside Glance with a 500: callers check the status first).
 """
 
 from __future__ import annotations
@@ -84,6 +85,17 @@ def _translate(what: str):
         raise ImageNotAuthorized(f"{what}: authentication failed: {e}") from e
     except ksa_exc.DiscoveryFailure as e:
         raise BackendUnavailable(f"{what}: {e}") from e
+
+
+@contextlib.contextmanager
+def _schema_errors():
+    """glanceclient checks values against the image schema (which it fetches
+    from Glance) before sending, and reports a violation as TypeError."""
+    try:
+        yield
+    except TypeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid value"
+        raise ImageBadRequest(f"rejected by the image schema: {first}") from e
 
 
 def _response_error(resp, what: str) -> Exception:
@@ -213,7 +225,7 @@ class GlanceDriver:
                 yield make_record(dict(image))
 
     def create(self, ctx, fields, props) -> dict:
-        with _translate("creating an image"):
+        with _translate("creating an image"), _schema_errors():
             raw = dict(self._images(ctx).create(**fields, **props))
         return make_record(raw)
 
@@ -226,7 +238,7 @@ class GlanceDriver:
         if purge_props:
             current = self.get(ctx, image_id, False)["properties"]
             remove = [k for k in current if k not in props]
-        with _translate(f"updating image {image_id}"):
+        with _translate(f"updating image {image_id}"), _schema_errors():
             raw = dict(self._images(ctx).update(image_id, remove_props=remove or None,
                                                 **fields, **props))
         return make_record(raw)

@@ -148,8 +148,8 @@ class LocalDriver:
                 raw = json.loads(path.read_bytes())
             except (FileNotFoundError, ValueError):
                 continue  # deleted meanwhile
-            if not self._visible(ctx, raw):
-                continue
+            if not self._visible(ctx, raw) or raw["status"] in DELETED_STATES:
+                continue  # as Glance: deleted images are never listed
             if "visibility" not in filters and not ctx.is_admin:
                 if raw["visibility"] == "community" and raw.get("owner") != ctx.project_id:
                     continue  # as Glance: community images are listed only on request

@@ -1,0 +1,165 @@
+"""The imagefs command as an operator runs it: a real process, real Glance, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import random_bytes
+
+pytestmark = pytest.mark.glance
+
+
+def run(args, env=None, check=True):
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    proc = subprocess.run([sys.executable, "-m", "imagefs", *args], capture_output=True,
+                          text=True, env={**base, **(env or {})}, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def as_json(proc):
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def alice_env(glance_clean):
+    return {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance_clean.url}
+
+
+@pytest.fixture
+def bob_env(glance_clean):
+    return {"OS_AUTH_TOKEN": "bob-token", "OS_IMAGE_URL": glance_clean.url}
+
+
+def verbs_round_trip(tmp_path, env, extra=(), tag="t"):
+    """Every image verb once; returns nothing, asserts everything."""
+    data = random_bytes(1_500_000)
+    src = tmp_path / "src.img"
+    src.write_bytes(data)
+    created = as_json(run(["image", "create", f"cli-{tag}", "--file", str(src), "--disk-format",
+                           "raw", "--container-format", "bare", "--property", f"test_tag={tag}",
+                           "--property", "os_distro=cirros", "-f", "json", *extra], env))
+    assert created["status"] == "active" and created["size"] == len(data)
+    image_id = created["id"]
+
+    shown = as_json(run(["image", "show", image_id, "-f", "json", *extra], env))
+    for field in ("id", "name", "status", "size", "disk_format", "container_format", "checksum",
+                  "os_hash_algo", "os_hash_value", "min_disk", "min_ram", "owner",
+                  "visibility", "protected", "created_at", "updated_at", "properties"):
+        assert field in shown
+    assert shown["properties"] == {"test_tag": tag, "os_distro": "cirros"}
+    table = run(["image", "show", image_id, *extra], env).stdout
+    assert image_id in table and "properties.os_distro" in table
+
+    listed = as_json(run(["image", "list", "--property", f"test_tag={tag}", "-f", "json", *extra], env))
+    assert [r["id"] for r in listed] == [image_id]
+
+    updated = as_json(run(["image", "update", image_id, "--name", "renamed", "--property",
+                           "hw_disk_bus=virtio", "-f", "json", *extra], env))
+    assert updated["name"] == "renamed"
+    assert updated["properties"] == {"test_tag": tag, "os_distro": "cirros", "hw_disk_bus": "virtio"}
+    purged = as_json(run(["image", "update", image_id, "--property", f"test_tag={tag}",
+                          "--purge-props", "-f", "json", *extra], env))
+    assert purged["properties"] == {"test_tag": tag}
+
+    out = tmp_path / "out.img"
+    run(["image", "download", image_id, "--file", str(out), *extra], env)
+    assert out.read_bytes() == data
+
+    run(["image", "delete", image_id, *extra], env)
+    gone = run(["image", "show", image_id, *extra], env, check=False)
+    assert gone.returncode == 1
+    assert "not found" in gone.stderr.lower() or "deleted" in gone.stderr.lower()
+    assert len(gone.stderr.strip().splitlines()) == 1
+
+
+def test_every_verb_against_glance(tmp_path, alice_env, tag):
+    verbs_round_trip(tmp_path, alice_env, tag=tag)
+
+
+def test_every_verb_on_the_embedded_store_with_no_glance(tmp_path, tag):
+    # No OS_* variables and no --store: the default store under XDG_DATA_HOME.
+    env = {"XDG_DATA_HOME": str(tmp_path / "xdg")}
+    verbs_round_trip(tmp_path, env, tag=tag)
+    assert (tmp_path / "xdg" / "imagefs" / "store" / "images").is_dir()
+
+
+def test_every_verb_with_store_option_after_the_subcommand(tmp_path, tag):
+    verbs_round_trip(tmp_path, {}, extra=("--store", str(tmp_path / "store")), tag=tag)
+
+
+def test_list_shows_own_and_public_never_anothers_private(tmp_path, glance_clean, alice_env,
+                                                          bob_env, tag):
+    admin_env = {"OS_AUTH_TOKEN": "admin-token", "OS_IMAGE_URL": glance_clean.url}
+    src = tmp_path / "x"
+    src.write_bytes(b"x" * 100)
+
+    def create(env, name, *flags):
+        return as_json(run(["image", "create", name, "--file", str(src), "--disk-format", "raw",
+                            "--container-format", "bare", "--property", f"test_tag={tag}",
+                            "-f", "json", *flags], env))["id"]
+
+    public = create(admin_env, "public", "--public")
+    alice_own = create(alice_env, "alice", "--private")
+    bob_own = create(bob_env, "bob", "--private")
+    seen = {r["id"] for r in as_json(run(["image", "list", "--property", f"test_tag={tag}",
+                                          "-f", "json"], alice_env))}
+    assert seen == {public, alice_own}
+    assert bob_own not in seen
+    denied = run(["image", "show", bob_own], alice_env, check=False)
+    assert denied.returncode == 1 and "not found" in denied.stderr.lower()
+
+
+def test_clouds_yaml(tmp_path, glance_clean, tag):
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text("clouds:\n  test:\n    auth_type: admin_token\n    auth:\n"
+                      f"      endpoint: {glance_clean.url}\n      token: alice-token\n")
+    env = {"OS_CLIENT_CONFIG_FILE": str(clouds)}
+    run(["image", "list", "--os-cloud", "test"], env)
+    missing = run(["image", "list", "--os-cloud", "nope"], env, check=False)
+    assert missing.returncode == 2 and "nope" in missing.stderr
+
+
+def test_bad_token_is_one_clear_line(glance_clean):
+    proc = run(["image", "list"], {"OS_AUTH_TOKEN": "wrong", "OS_IMAGE_URL": glance_clean.url},
+               check=False)
+    assert proc.returncode == 1
+    assert "authentication" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_glance_is_one_clear_line():
+    from glance_server import free_port
+
+    proc = run(["image", "list", "--timeout", "2"], {"OS_AUTH_TOKEN": "t",
+               "OS_IMAGE_URL": f"http://127.0.0.1:{free_port()}"}, check=False)
+    assert proc.returncode == 1
+    assert "cannot reach" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["image", "show"], 2, "required"),
+    (["image", "create", "x", "--disk-format", "raw", "--container-format", "bare",
+      "--property", "novalue"], 2, "KEY=VALUE"),
+    (["image", "create", "x", "--disk-format", "raw", "--container-format", "bare",
+      "--file", "/nonexistent/file"], 2, "cannot read /nonexistent/file"),
+    (["image", "show", "not-a-uuid"], 1, "neither an image UUID"),
+    (["image", "list", "--os-auth-token", "t"], 2, "cannot be combined"),
+])
+def test_bad_input_is_a_clear_error(tmp_path, args, code, words):
+    proc = run([*args, "--store", str(tmp_path)] if args[1] != "show" or len(args) > 2
+               else args, check=False)
+    assert proc.returncode == code
+    assert words in proc.stderr
+
+
+def test_token_without_url_is_a_clear_error():
+    proc = run(["image", "list"], {"OS_AUTH_TOKEN": "t"}, check=False)
+    assert proc.returncode == 2 and "OS_IMAGE_URL" in proc.stderr
