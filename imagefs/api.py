@@ -329,6 +329,12 @@ class API:
         return self._retrying(lambda: driver.read(context, image_id, offset, length),
                               f"read image {image_id} at {offset}+{length}")
 
+    def ranges_supported(self, context: RequestContext, id_or_uri: str) -> bool:
+        """False once the image's store has refused a ranged read: then ``read``
+        works by streaming from the start, and whole-image ``stream`` is better."""
+        driver, image_id = self.resolve(id_or_uri)
+        return driver.ranges_supported(image_id)
+
     def stream(self, context: RequestContext, id_or_uri: str, offset: int = 0) -> Iterator[bytes]:
         """The image's bytes from ``offset`` to its end, resuming after a
         dropped connection.  Not verified (it may start mid-image): use

@@ -44,5 +44,8 @@ class Driver(Protocol):
         offset it reached.
         """
 
+    def ranges_supported(self, image_id: str) -> bool:
+        """False once the image's store has refused a ranged read."""
+
     def read(self, ctx: RequestContext, image_id: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` (fewer only at the end). One try."""

@@ -284,6 +284,9 @@ class LocalDriver:
                     yield chunk
         return chunks()
 
+    def ranges_supported(self, image_id: str) -> bool:
+        return True
+
     def read(self, ctx, image_id, offset, length) -> bytes:
         with self._open_data(ctx, image_id) as f:
             return os.pread(f.fileno(), length, offset)

@@ -1,0 +1,157 @@
+"""The disk tier: one file per block under ``<cache dir>/blocks``, LRU-bounded.
+
+Each file is a 48-byte header and the block::
+
+    magic "IMGFSBK1" | u32 length | u32 crc32 of the block | 32-byte sha256 of the key
+
+written to ``tmp/`` and renamed into place, so a reader sees a whole block or
+none.  On load the header is checked against the key and the bytes against
+the crc; any fault deletes the file and counts as a miss.  The index (which
+blocks exist, in least-recently-used order) is rebuilt from the files' mtimes
+when the cache opens, so recency survives a remount; a hit touches the file's
+mtime.  Directories are 0700 and files 0600: only the mount's user reads them.
+
+All methods are thread-safe and blocking: call them from worker threads.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import struct
+import tempfile
+import threading
+import zlib
+from pathlib import Path
+
+from .keys import BlockKey
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"IMGFSBK1"
+_HEADER = struct.Struct("<8sII32s")
+
+
+class DiskCache:
+    def __init__(self, root: str | os.PathLike, max_bytes: int):
+        self.root = Path(root)
+        self.blocks = self.root / "blocks"
+        self.tmp = self.root / "tmp"
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._index: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._bytes = 0
+        old = os.umask(0o077)
+        try:
+            for d in (self.root, self.blocks, self.tmp):
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.chmod(d, 0o700)
+        finally:
+            os.umask(old)
+        self._scan()
+
+    def _path(self, digest: str) -> Path:
+        return self.blocks / digest[:2] / digest
+
+    def _scan(self) -> None:
+        for leftover in self.tmp.iterdir():  # from a crash mid-write
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        found = []
+        for sub in self.blocks.iterdir():
+            if not sub.is_dir():
+                continue
+            for entry in os.scandir(sub):
+                with contextlib.suppress(OSError):
+                    st = entry.stat()
+                    found.append((st.st_mtime_ns, entry.name, st.st_size))
+        found.sort()
+        for _, digest, size in found:
+            self._index[digest] = size
+            self._bytes += size
+        log.info("disk cache %s: %d blocks, %.1f MiB", self.root, len(found), self._bytes / 2**20)
+        self._evict()
+
+    @property
+    def bytes_used(self) -> int:
+        return self._bytes
+
+    def __contains__(self, key: BlockKey) -> bool:
+        with self._lock:
+            return key.digest() in self._index
+
+    def load(self, key: BlockKey) -> bytes | None:
+        """The block, or None when it is absent or fails its checks."""
+        digest = key.digest()
+        with self._lock:
+            if digest not in self._index:
+                return None
+            self._index.move_to_end(digest)
+        path = self._path(digest)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+            os.utime(path)
+        except OSError as exc:
+            log.warning("disk cache: cannot read %s (%s); treating as a miss", path, exc)
+            self._forget(digest)
+            return None
+        if len(raw) >= _HEADER.size:
+            magic, length, crc, key_hash = _HEADER.unpack_from(raw)
+            data = raw[_HEADER.size:]
+            if (magic == _MAGIC and key_hash == bytes.fromhex(digest) and length == len(data)
+                    and zlib.crc32(data) == crc):
+                return data
+        log.warning("disk cache: block %s is corrupt; discarding it", path)
+        self._forget(digest, unlink=True)
+        return None
+
+    def store(self, key: BlockKey, data: bytes) -> None:
+        """Write the block (atomically) and evict the least recently used over the bound."""
+        if self.max_bytes <= 0:
+            return
+        digest = key.digest()
+        header = _HEADER.pack(_MAGIC, len(data), zlib.crc32(data), bytes.fromhex(digest))
+        path = self._path(digest)
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.tmp)  # mkstemp makes it 0600
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(header)
+                    f.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:  # a full or broken cache disk costs speed, not reads
+            log.warning("disk cache: cannot store a block in %s: %s", self.root, exc)
+            return
+        size = len(header) + len(data)
+        with self._lock:
+            self._bytes += size - self._index.pop(digest, 0)
+            self._index[digest] = size
+        self._evict()
+
+    def _forget(self, digest: str, unlink: bool = False) -> None:
+        with self._lock:
+            self._bytes -= self._index.pop(digest, 0)
+        if unlink:
+            with contextlib.suppress(OSError):
+                self._path(digest).unlink()
+
+    def _evict(self) -> None:
+        victims = []
+        with self._lock:
+            while self._bytes > self.max_bytes and self._index:
+                digest, size = self._index.popitem(last=False)
+                self._bytes -= size
+                victims.append(digest)
+        for digest in victims:
+            with contextlib.suppress(OSError):
+                self._path(digest).unlink()
+        if victims:
+            log.debug("disk cache: evicted %d blocks", len(victims))

@@ -1,0 +1,26 @@
+"""The memory tier: an LRU of blocks bounded by their total size in bytes."""
+
+from __future__ import annotations
+
+import cachetools
+
+from .keys import BlockKey
+
+
+class MemoryCache:
+    def __init__(self, max_bytes: int):
+        self._lru: cachetools.LRUCache = cachetools.LRUCache(maxsize=max_bytes, getsizeof=len)
+
+    def get(self, key: BlockKey) -> bytes | None:
+        return self._lru.get(key)
+
+    def put(self, key: BlockKey, data: bytes) -> None:
+        if len(data) <= self._lru.maxsize:
+            self._lru[key] = data
+
+    def __contains__(self, key: BlockKey) -> bool:
+        return key in self._lru
+
+    @property
+    def bytes_used(self) -> int:
+        return self._lru.currsize

@@ -1,0 +1,57 @@
+"""The mount's settings, in one frozen dataclass, with sizes parsed once."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+from .errors import ConfigError
+from .retry import RetryPolicy
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+_UNITS = {"": 1, "b": 1, "k": KiB, "kb": KiB, "kib": KiB, "m": MiB, "mb": MiB, "mib": MiB,
+          "g": GiB, "gb": GiB, "gib": GiB, "t": GiB << 10, "tb": GiB << 10, "tib": GiB << 10}
+
+
+def parse_size(text: str) -> int:
+    """``"4M"``, ``"512 KiB"``, ``"10G"`` → bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ConfigError(f"not a size: {text!r} (use e.g. 4M, 512K, 10G)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/imagefs`` (``~/.cache/imagefs``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "imagefs"
+
+
+@dataclasses.dataclass(frozen=True)
+class MountConfig:
+    cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
+    cache_size: int = 20 * GiB          # disk tier bound
+    memory_cache: int = 256 * MiB       # memory tier bound
+    block_size: int = 1 * MiB           # the cache's unit; qemu-img info reads ~1 block
+    max_fetch: int = 8 * MiB            # one ranged GET fetches up to this many bytes
+    list_ttl: float = 30.0              # seconds a listing of images is trusted
+    record_ttl: float = 30.0            # seconds an image's record is trusted
+    fetch_threads: int = 8              # ranged GETs in flight at once
+    max_readahead: int = 64 * MiB       # the prefetch window's ceiling
+    read_ahead_kb: int = 4096           # the kernel's per-mount readahead (0: leave as is)
+    allow_other: bool = False
+    read_deadline: float = 30.0         # a read answers EIO after this long at most
+    retry: RetryPolicy = RetryPolicy()
+
+    def __post_init__(self):
+        if self.block_size < 64 * KiB or self.block_size > 64 * MiB \
+                or self.block_size & (self.block_size - 1):
+            raise ConfigError("block size must be a power of two from 64K to 64M")
+        if self.memory_cache < 2 * self.block_size:
+            raise ConfigError("the memory cache must hold at least two blocks")
+        if self.cache_size < 0:
+            raise ConfigError("cache size must be >= 0 (0 disables the disk tier)")
+        if self.fetch_threads < 1:
+            raise ConfigError("fetch threads must be >= 1")

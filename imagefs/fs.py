@@ -1,0 +1,289 @@
+"""The filesystem's logic: namespace, inodes, attributes and reads.
+
+No pyfuse3 here: ``imagefs.fuse_ops`` adapts this class to FUSE, and tests
+call it directly.  Errors are ``imagefs.errors`` and ``FsError`` (an errno
+for cases that are the filesystem's own, like a missing file name).
+
+The namespace::
+
+    /                       one directory per active image visible to the caller
+    /<image id>/            0555
+    /<image id>/metadata.json   the image's record, pretty-printed (0444)
+    /<image id>/data            the image's bytes, fetched lazily (0444)
+
+Inode numbers are given out once per image and never reused while mounted,
+so the kernel's lookup counts need no bookkeeping here (``forget`` is a
+no-op).  Listings and records are cached for ``list_ttl``/``record_ttl``
+seconds; a name that is not in the cached listing is looked up in the image
+service directly, so a new image is reachable at once.  When the service
+fails, a stale listing is served (and logged) rather than an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import re
+import stat
+import time
+from datetime import datetime
+from typing import Any
+
+import trio
+
+from .api import API
+from .blocks import BlockReader, ImageRef
+from .cache.keys import image_version
+from .config import MountConfig
+from .context import RequestContext
+from .errors import ImageNotFound
+from .prefetch import Prefetcher
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+_FIRST_IMAGE_INODE = 16
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+METADATA, DATA = "metadata.json", "data"
+_KIND_DIR, _KIND_META, _KIND_DATA = 0, 1, 2
+
+
+class FsError(Exception):
+    """An errno the filesystem answers on its own account."""
+
+    def __init__(self, errno_: int, message: str = ""):
+        super().__init__(message or errno.errorcode.get(errno_, str(errno_)))
+        self.errno = errno_
+
+
+@dataclasses.dataclass
+class Attr:
+    ino: int
+    mode: int
+    size: int
+    mtime_ns: int
+    nlink: int
+    timeout: float  # how long the kernel may trust this
+
+
+def _ns(timestamp: str | None) -> int:
+    if not timestamp:
+        return 0
+    try:
+        return int(datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp() * 1e9)
+    except ValueError:
+        return 0
+
+
+def metadata_bytes(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+
+
+@dataclasses.dataclass
+class _Image:
+    id: str
+    ino: int                    # the directory's; metadata is ino+1, data ino+2
+    record: dict[str, Any]
+    fetched: float              # monotonic time of the record
+
+    @property
+    def ref(self) -> ImageRef:
+        return ImageRef(self.id, image_version(self.record), self.record.get("size") or 0)
+
+
+@dataclasses.dataclass
+class _Handle:
+    image: ImageRef
+    prefetcher: Prefetcher | None = None
+    content: bytes | None = None   # metadata.json as it was at open
+
+
+class ImageFS:
+    def __init__(self, api: API, ctx: RequestContext, config: MountConfig, blocks: BlockReader):
+        self.api, self.ctx, self.config, self.blocks = api, ctx, config, blocks
+        self.meta_limiter = trio.CapacityLimiter(4)  # listings never wait behind data fetches
+        self._images: dict[str, _Image] = {}
+        self._by_ino: dict[int, _Image] = {}
+        self._next_ino = _FIRST_IMAGE_INODE
+        self._listing: list[str] | None = None
+        self._listed_at = 0.0
+        self._listing_lock = trio.Lock()
+        self._handles: dict[int, _Handle] = {}
+        self._next_fh = 1
+        self._dirs: dict[int, tuple[int, list[str]]] = {}  # fh -> (inode, names)
+        self.mounted_at_ns = time.time_ns()
+        self.api_calls = {"list": 0, "get": 0}
+
+    @property
+    def image_count(self) -> int:
+        return len(self._images)
+
+    # ---- records ----------------------------------------------------------------
+    def _remember(self, record: dict[str, Any]) -> _Image:
+        image = self._images.get(record["id"])
+        if image is None:
+            image = _Image(record["id"], self._next_ino, record, time.monotonic())
+            self._next_ino += 4
+            self._images[image.id] = image
+            self._by_ino[image.ino] = image
+        else:
+            image.record, image.fetched = record, time.monotonic()
+        return image
+
+    async def _call(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.meta_limiter,
+                                             abandon_on_cancel=True)
+
+    async def listing(self) -> list[str]:
+        """Ids of the active images the caller can see (cached for list_ttl)."""
+        async with self._listing_lock:
+            if self._listing is not None and \
+                    time.monotonic() - self._listed_at < self.config.list_ttl:
+                return self._listing
+            self.api_calls["list"] += 1
+            try:
+                records = await self._call(lambda: list(self.api.get_all(self.ctx)))
+            except Exception as exc:
+                if self._listing is None:
+                    raise
+                log.warning("cannot refresh the image listing (%s); serving the one from "
+                            "%.0fs ago", exc, time.monotonic() - self._listed_at)
+                return self._listing
+            self._listing = sorted(self._remember(r).id for r in records)
+            self._listed_at = time.monotonic()
+            return self._listing
+
+    async def _image(self, image_id: str, fresh_only: bool = False) -> _Image:
+        """The image, its record no older than record_ttl; ImageNotFound if gone."""
+        image = self._images.get(image_id)
+        if image is not None and time.monotonic() - image.fetched < self.config.record_ttl:
+            return image
+        self.api_calls["get"] += 1
+        try:
+            record = await self._call(self.api.get, self.ctx, image_id, False, False)
+        except ImageNotFound:
+            if self._listing is not None and image_id in self._listing:
+                self._listing.remove(image_id)
+            raise
+        if record["status"] != "active":
+            raise ImageNotFound(f"image {image_id} is {record['status']}")
+        return self._remember(record)
+
+    # ---- namespace ------------------------------------------------------------------
+    def _split(self, ino: int) -> tuple[_Image, int]:
+        base = ino - (ino - _FIRST_IMAGE_INODE) % 4
+        image = self._by_ino.get(base)
+        if image is None or ino - base > _KIND_DATA:
+            raise FsError(errno.ENOENT, f"no inode {ino}")
+        return image, ino - base
+
+    async def lookup(self, parent: int, name: str) -> Attr:
+        if parent == ROOT_INODE:
+            if not _UUID.match(name):
+                raise FsError(errno.ENOENT)
+            listing = await self.listing()
+            if name in listing and name in self._images:
+                image = self._images[name]
+            else:  # not listed (yet): ask the service, so new images are reachable at once
+                image = await self._image(name)
+            return self._attr(image, _KIND_DIR)
+        image, kind = self._split(parent)
+        if kind != _KIND_DIR:
+            raise FsError(errno.ENOTDIR)
+        if name == METADATA:
+            return self._attr(image, _KIND_META)
+        if name == DATA:
+            return self._attr(image, _KIND_DATA)
+        raise FsError(errno.ENOENT)
+
+    async def getattr(self, ino: int) -> Attr:
+        if ino == ROOT_INODE:
+            return Attr(ROOT_INODE, stat.S_IFDIR | 0o555, 0, self.mounted_at_ns, 2,
+                        self.config.list_ttl)
+        image, kind = self._split(ino)
+        if kind != _KIND_DATA:  # the data's attributes never change; the record's may
+            image = await self._image(image.id)
+        return self._attr(image, kind)
+
+    def _attr(self, image: _Image, kind: int) -> Attr:
+        record = image.record
+        if kind == _KIND_DIR:
+            return Attr(image.ino, stat.S_IFDIR | 0o555, 0, _ns(record.get("updated_at")), 2,
+                        self.config.record_ttl)
+        if kind == _KIND_META:
+            return Attr(image.ino + 1, stat.S_IFREG | 0o444, len(metadata_bytes(record)),
+                        _ns(record.get("updated_at")), 1, self.config.record_ttl)
+        # An active image's bytes never change: the kernel may keep its attributes.
+        return Attr(image.ino + 2, stat.S_IFREG | 0o444, record.get("size") or 0,
+                    _ns(record.get("created_at")), 1, 3600.0)
+
+    async def opendir(self, ino: int) -> int:
+        if ino == ROOT_INODE:
+            snapshot = list(await self.listing())
+        else:
+            image, kind = self._split(ino)
+            if kind != _KIND_DIR:
+                raise FsError(errno.ENOTDIR)
+            snapshot = [METADATA, DATA]
+        fh = self._new_fh()
+        self._dirs[fh] = (ino, snapshot)
+        return fh
+
+    def readdir(self, fh: int, start: int) -> list[tuple[str, Attr, int]]:
+        """Entries from offset ``start`` on, each with the offset of the next."""
+        if fh not in self._dirs:
+            raise FsError(errno.EBADF)
+        ino, snapshot = self._dirs[fh]
+        out = []
+        for i in range(start, len(snapshot)):
+            name = snapshot[i]
+            if ino != ROOT_INODE:
+                image, _ = self._split(ino)
+                attr = self._attr(image, _KIND_META if name == METADATA else _KIND_DATA)
+            else:
+                image = self._images.get(name)
+                if image is None:
+                    continue
+                attr = self._attr(image, _KIND_DIR)
+            out.append((name, attr, i + 1))
+        return out
+
+    def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # ---- files ------------------------------------------------------------------------
+    def _new_fh(self) -> int:
+        fh, self._next_fh = self._next_fh, self._next_fh + 1
+        return fh
+
+    async def open(self, ino: int, writable: bool) -> tuple[int, bool]:
+        """A file handle and whether the kernel may keep its cached pages."""
+        if writable:
+            raise FsError(errno.EROFS)
+        image, kind = self._split(ino)
+        if kind == _KIND_DIR:
+            raise FsError(errno.EISDIR)
+        fh = self._new_fh()
+        if kind == _KIND_META:
+            image = await self._image(image.id)
+            self._handles[fh] = _Handle(image.ref, content=metadata_bytes(image.record))
+            return fh, False
+        self._handles[fh] = _Handle(image.ref, Prefetcher(self.config.block_size,
+                                                          self.config.max_readahead))
+        return fh, True
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise FsError(errno.EBADF)
+        if handle.content is not None:
+            return handle.content[offset:offset + size]
+        start, end = handle.prefetcher.on_read(offset, size)
+        if end > start:
+            self.blocks.prefetch(handle.image, start, end)
+        return await self.blocks.read(handle.image, offset, size)
+
+    def release(self, fh: int) -> None:
+        self._handles.pop(fh, None)

@@ -1,0 +1,248 @@
+"""``imagefs mount`` and ``imagefs umount``: assemble the pieces and run them.
+
+Without ``--foreground`` the command forks; the parent waits on a pipe until
+the child reports the mount ready (exit 0) or failed (the reason on stderr,
+exit 1), so a script can use the mount as soon as the command returns.
+SIGINT and SIGTERM unmount cleanly; after a clean unmount the daemon exits 0.
+
+One mount per cache directory: the daemon holds an exclusive ``flock`` on
+``<cache dir>/lock`` for its whole life, and a second mount on the same
+directory is refused with the first one's pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import faulthandler
+import fcntl
+import logging
+import logging.handlers
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from .blocks import BlockReader
+from .cache import DiskCache, MemoryCache
+from .config import MountConfig, default_cache_dir, parse_size
+from .connect import ServiceOptions, describe, open_api
+from .errors import ConfigError, ImagefsError
+from .fs import ImageFS
+from .fuse_ops import FuseOps
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
+    p = top.add_parser("mount", parents=[service_options], help="mount the images at MOUNTPOINT")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("--cache-dir", metavar="DIR", help=f"disk cache (default {default_cache_dir()})")
+    p.add_argument("--cache-size", default="20G", metavar="SIZE",
+                   help="disk cache bound (default 20G; 0 disables it)")
+    p.add_argument("--memory-cache", default="256M", metavar="SIZE",
+                   help="memory cache bound (default 256M)")
+    p.add_argument("--block-size", default="1M", metavar="SIZE",
+                   help="cache block size (default 1M)")
+    p.add_argument("--max-fetch", default="8M", metavar="SIZE",
+                   help="largest single ranged read when reading ahead (default 8M)")
+    p.add_argument("--fetch-threads", type=int, default=8, metavar="N",
+                   help="ranged reads in flight at once (default 8)")
+    p.add_argument("--list-ttl", type=float, default=30.0, metavar="SECONDS",
+                   help="how long a listing of images is trusted (default 30)")
+    p.add_argument("--record-ttl", type=float, default=30.0, metavar="SECONDS",
+                   help="how long an image's metadata is trusted (default 30)")
+    p.add_argument("--read-deadline", type=float, default=30.0, metavar="SECONDS",
+                   help="a read that cannot be served by then fails with EIO (default 30)")
+    p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
+    p.add_argument("--log", metavar="FILE",
+                   help="log file when in the background (default <cache dir>/imagefs.log)")
+    p.set_defaults(run=run_mount)
+
+    u = top.add_parser("umount", help="unmount an imagefs mount")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    u.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    u.set_defaults(run=run_umount)
+
+
+def config_from_args(args) -> MountConfig:
+    kwargs = dict(cache_size=parse_size(args.cache_size),
+                  memory_cache=parse_size(args.memory_cache),
+                  block_size=parse_size(args.block_size), max_fetch=parse_size(args.max_fetch),
+                  fetch_threads=args.fetch_threads,
+                  list_ttl=args.list_ttl, record_ttl=args.record_ttl,
+                  read_deadline=args.read_deadline, allow_other=args.allow_other)
+    if args.cache_dir:
+        kwargs["cache_dir"] = Path(args.cache_dir).absolute()
+    return MountConfig(**kwargs)
+
+
+def lock_cache_dir(cache_dir: Path):
+    """Hold ``<cache dir>/lock`` for the life of the mount (the fd is returned)."""
+    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(cache_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ConfigError(f"cache directory {cache_dir} is in use by another imagefs mount "
+                          f"(pid {holder}); give this mount its own --cache-dir") from None
+    return fd
+
+
+def _write_pid(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def run_mount(args) -> int:
+    mountpoint = Path(args.mountpoint).absolute()
+    if not mountpoint.is_dir():
+        raise ConfigError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise ConfigError(f"{mountpoint} is already a mount point")
+    config = config_from_args(args)
+    opts = ServiceOptions.from_env(store=args.store, os_cloud=args.os_cloud,
+                                   os_auth_token=args.os_auth_token,
+                                   os_image_url=args.os_image_url, timeout=args.timeout)
+    api, ctx = open_api(opts, retry=config.retry)
+    # Fail now, with the reason, rather than mount something that cannot list.
+    next(iter(api.get_all(ctx, limit=1)), None)
+    lock_fd = lock_cache_dir(config.cache_dir)
+    log.info("mounting %s at %s (cache %s)", describe(opts), mountpoint, config.cache_dir)
+    if args.foreground:
+        _write_pid(lock_fd)
+        return serve(api, ctx, config, mountpoint, ready=None)
+    return _daemonize(lambda ready: serve(api, ctx, config, mountpoint, ready),
+                      lock_fd, Path(args.log) if args.log else config.cache_dir / "imagefs.log",
+                      args)
+
+
+def _daemonize(run, lock_fd: int, log_file: Path, args) -> int:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:  # the parent: wait for the child's word
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            word = pipe.read().decode(errors="replace")
+        if word.startswith("ready"):
+            return 0
+        print(f"imagefs: mount failed: {word.strip() or 'the daemon exited; see ' + str(log_file)}",
+              file=sys.stderr)
+        return 1
+    os.close(read_end)
+    os.setsid()
+    os.umask(0o077)  # the log and cache files are the mount user's alone
+    _write_pid(lock_fd)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = logging.handlers.WatchedFileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s: "
+                                           "%(message)s"))
+    root.addHandler(handler)
+    with open(os.devnull, "r+b") as null:
+        for fd in (0, 1):
+            os.dup2(null.fileno(), fd)
+    stderr_log = open(log_file, "ab")  # faulthandler and stray prints land in the log
+    os.dup2(stderr_log.fileno(), 2)
+    pipe = os.fdopen(write_end, "wb")
+
+    def ready(message: str = "ready") -> None:
+        if pipe.closed:  # only the first word counts
+            return
+        with contextlib.suppress(OSError):
+            pipe.write(message.encode())
+            pipe.close()
+    code = 1
+    try:
+        code = run(ready)
+    except ImagefsError as exc:
+        ready(str(exc))
+        log.error("%s", exc)
+    except BaseException as exc:
+        ready(f"{type(exc).__name__}: {exc}")
+        log.exception("the mount failed")
+    finally:
+        ready("the daemon stopped before the mount was ready")
+        os._exit(code)
+
+
+def serve(api, ctx, config: MountConfig, mountpoint: Path, ready) -> int:
+    """Mount and serve until unmounted or signalled; 0 after a clean unmount."""
+    faulthandler.enable()
+    options = set(pyfuse3.default_options) | {"fsname=imagefs", "subtype=imagefs", "ro"}
+    if config.allow_other:
+        options.add("allow_other")
+    memory = MemoryCache(config.memory_cache)
+    disk = DiskCache(config.cache_dir, config.cache_size) if config.cache_size > 0 else None
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            blocks = BlockReader(api, ctx, block_size=config.block_size, memory=memory,
+                                 disk=disk, fetch_threads=config.fetch_threads,
+                                 read_deadline=config.read_deadline, nursery=nursery,
+                                 max_fetch=config.max_fetch)
+            fs = ImageFS(api, ctx, config, blocks)
+            try:
+                pyfuse3.init(FuseOps(fs), str(mountpoint), options)
+            except RuntimeError as exc:
+                raise ConfigError(f"cannot mount at {mountpoint}: {exc}") from exc
+            try:
+                nursery.start_soon(_watch_signals)
+                nursery.start_soon(_when_mounted, mountpoint, config, ready)
+                await pyfuse3.main()
+            except BaseException:
+                pyfuse3.close(unmount=False)
+                raise
+            pyfuse3.close(unmount=True)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    log.info("unmounted %s", mountpoint)
+    return 0
+
+
+async def _watch_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+async def _when_mounted(mountpoint: Path, config: MountConfig, ready) -> None:
+    """Once the kernel answers for the mount: tune readahead, report ready."""
+    st = await trio.to_thread.run_sync(os.stat, mountpoint)
+    if config.read_ahead_kb:
+        bdi = Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
+        try:
+            await trio.to_thread.run_sync(bdi.write_text, str(config.read_ahead_kb))
+            log.info("kernel readahead for the mount set to %d KiB", config.read_ahead_kb)
+        except OSError as exc:  # not root: the kernel's default stands
+            log.info("cannot set the mount's readahead (%s): keeping the kernel's", exc)
+    log.info("mounted at %s", mountpoint)
+    if ready:
+        ready()
+
+
+def run_umount(args) -> int:
+    mountpoint = Path(args.mountpoint).absolute()
+    if not os.path.ismount(mountpoint):
+        raise ConfigError(f"{mountpoint} is not mounted")
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u", str(mountpoint)] if tool else ["umount", str(mountpoint)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"imagefs: cannot unmount {mountpoint}: {proc.stderr.strip()}", file=sys.stderr)
+        return 1
+    return 0
