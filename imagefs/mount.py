@@ -150,6 +150,8 @@ def _daemonize(run, lock_fd: int, log_file: Path, args) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s: "
                                            "%(message)s"))
     root.addHandler(handler)
+    if root.level > logging.INFO:  # a daemon's log says what it did, not only what went wrong
+        root.setLevel(logging.INFO)
     with open(os.devnull, "r+b") as null:
         for fd in (0, 1):
             os.dup2(null.fileno(), fd)

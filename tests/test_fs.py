@@ -1,0 +1,255 @@
+"""The filesystem's logic called directly, without the kernel, on both drivers."""
+
+from __future__ import annotations
+
+import errno
+import json
+import random
+import stat
+import time
+
+import pytest
+import trio
+from conftest import ALICE, BOB, FAST_RETRY, make_image, random_bytes
+
+from imagefs import errors
+from imagefs.api import API
+from imagefs.blocks import BlockReader
+from imagefs.cache import DiskCache, MemoryCache
+from imagefs.config import MountConfig
+from imagefs.drivers.glance import GlanceDriver
+from imagefs.fs import DATA, METADATA, ROOT_INODE, FsError, ImageFS, metadata_bytes
+
+KiB, MiB = 1 << 10, 1 << 20
+
+
+def run_fs(api, ctx, tmp_path, body, **overrides):
+    """Run ``await body(fs)`` with a filesystem over ``api`` as ``ctx``."""
+    settings = dict(cache_dir=tmp_path / "cache", block_size=64 * KiB, max_fetch=256 * KiB,
+                    memory_cache=1 * MiB, cache_size=64 * MiB, list_ttl=0.5, record_ttl=0.5,
+                    read_deadline=5.0, retry=FAST_RETRY)
+    settings.update(overrides)
+    config = MountConfig(**settings)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            disk = DiskCache(config.cache_dir, config.cache_size) if config.cache_size else None
+            blocks = BlockReader(api, ctx, block_size=config.block_size,
+                                 memory=MemoryCache(config.memory_cache), disk=disk,
+                                 fetch_threads=config.fetch_threads,
+                                 read_deadline=config.read_deadline, nursery=nursery,
+                                 max_fetch=config.max_fetch)
+            fs = ImageFS(api, ctx, config, blocks)
+            result = await body(fs)
+            nursery.cancel_scope.cancel()
+            return result
+
+    return trio.run(main)
+
+
+async def open_data(fs, image_id):
+    d = await fs.lookup(ROOT_INODE, image_id)
+    data = await fs.lookup(d.ino, DATA)
+    fh, keep = await fs.open(data.ino, False)
+    return fh
+
+
+def test_listing_metadata_and_attributes(backend, tag, tmp_path):
+    data = random_bytes(200_000)
+    image = make_image(backend.api, ALICE, tag, data=data, properties={"os_distro": "x"})
+    hidden = make_image(backend.api, BOB, tag, data=b"bob", visibility="private")
+
+    async def body(fs):
+        names = await fs.listing()
+        assert image["id"] in names and hidden["id"] not in names
+        d = await fs.lookup(ROOT_INODE, image["id"])
+        assert stat.S_ISDIR(d.mode) and stat.S_IMODE(d.mode) == 0o555
+        meta = await fs.lookup(d.ino, METADATA)
+        record = backend.api.get(ALICE, image["id"])
+        assert meta.size == len(metadata_bytes(record))
+        assert stat.S_IMODE(meta.mode) == 0o444
+        fh, keep = await fs.open(meta.ino, False)
+        content = await fs.read(fh, 0, 1 << 20)
+        assert json.loads(content) == record and len(content) == meta.size
+        dat = await fs.lookup(d.ino, DATA)
+        assert dat.size == len(data) and stat.S_IMODE(dat.mode) == 0o444
+        fh = await fs.open(dat.ino, False)
+        assert fh[1] is True  # the kernel may keep the data's pages
+        dirfh = await fs.opendir(d.ino)
+        assert [n for n, _, _ in fs.readdir(dirfh, 0)] == [METADATA, DATA]
+        assert [n for n, _, _ in fs.readdir(dirfh, 1)] == [DATA]
+        for name in ("nope", "..x"):
+            with pytest.raises(FsError) as e:
+                await fs.lookup(d.ino, name)
+            assert e.value.errno == errno.ENOENT
+        with pytest.raises(errors.ImageNotFound):
+            await fs.lookup(ROOT_INODE, hidden["id"])  # by id, not only by listing
+        with pytest.raises(FsError) as e:
+            await fs.lookup(ROOT_INODE, "not-an-image")
+        assert e.value.errno == errno.ENOENT
+        with pytest.raises(FsError) as e:
+            await fs.open(dat.ino, True)
+        assert e.value.errno == errno.EROFS
+
+    run_fs(backend.api, ALICE, tmp_path, body)
+
+
+def test_random_reads_are_byte_exact(backend, tag, tmp_path):
+    size = 64 * KiB * 20 + 12_345  # a partial last block
+    data = random_bytes(size)
+    image = make_image(backend.api, ALICE, tag, data=data)
+    rng = random.Random(7)
+    cases = [(0, 1), (64 * KiB - 1, 2), (64 * KiB * 3 - 10, 64 * KiB * 2 + 20), (size - 5, 100),
+             (size, 10), (size + 100, 10), (0, size + 1000)]
+    cases += [(rng.randrange(size), rng.randrange(1, 300 * KiB)) for _ in range(60)]
+
+    async def body(fs):
+        fh = await open_data(fs, image["id"])
+        for offset, length in cases:
+            assert await fs.read(fh, offset, length) == data[offset:offset + length], \
+                (offset, length)
+
+    run_fs(backend.api, ALICE, tmp_path, body)
+
+
+def test_one_fetch_per_block_however_many_readers(glance_clean, tag, tmp_path):
+    api = API(GlanceDriver(glance_clean.url), retry=FAST_RETRY)
+    data = random_bytes(64 * KiB * 4)
+    image = make_image(api, ALICE, tag, data=data)
+
+    async def body(fs):
+        handles = [await open_data(fs, image["id"]) for _ in range(20)]  # 20 readers
+        glance_clean.reset()
+        results = {}
+
+        async def reader(i):
+            results[i] = await fs.read(handles[i], 64 * KiB + i * 100, 4096)
+        async with trio.open_nursery() as n:
+            for i in range(20):
+                n.start_soon(reader, i)
+        for i in range(20):
+            assert results[i] == data[64 * KiB + i * 100:][:4096]
+        stats = glance_clean.stats()
+        assert stats["data_requests"] == 1 and stats["data_bytes"] == 64 * KiB
+        return fs.blocks.stats
+
+    stats = run_fs(api, ALICE, tmp_path, body)
+    assert stats["fetched_blocks"] == 1
+
+
+def test_sequential_reads_fetch_ahead_in_large_requests(glance_clean, tag, tmp_path):
+    api = API(GlanceDriver(glance_clean.url), retry=FAST_RETRY)
+    data = random_bytes(64 * KiB * 32)
+    image = make_image(api, ALICE, tag, data=data)
+
+    async def body(fs):
+        fh = await open_data(fs, image["id"])
+        glance_clean.reset()
+        out = bytearray()
+        for offset in range(0, len(data), 16 * KiB):
+            out += await fs.read(fh, offset, 16 * KiB)
+        assert bytes(out) == data
+        stats = glance_clean.stats()
+        assert stats["data_bytes"] == len(data)  # each byte once
+        assert stats["data_requests"] < 32 // 2  # runs of blocks, not a GET per block
+
+    run_fs(api, ALICE, tmp_path, body)
+
+
+def test_store_that_refuses_ranges_fills_blocks_by_streaming(glance_clean, tag, tmp_path):
+    api = API(GlanceDriver(glance_clean.url), retry=FAST_RETRY)
+    data = random_bytes(64 * KiB * 10 + 999)
+    image = make_image(api, ALICE, tag, data=data)
+    glance_clean.faults(refuse_ranges=True)
+
+    async def body(fs):
+        fh = await open_data(fs, image["id"])
+        glance_clean.reset()
+        glance_clean.faults(refuse_ranges=True)
+        rng = random.Random(3)
+        for _ in range(30):
+            offset, length = rng.randrange(len(data)), rng.randrange(1, 100 * KiB)
+            assert await fs.read(fh, offset, length) == data[offset:offset + length]
+        assert await fs.read(fh, 0, len(data)) == data
+        return glance_clean.stats()
+
+    stats = run_fs(api, ALICE, tmp_path, body)
+    # one refused range, then whole streams: far fewer requests than reads
+    assert stats["range_requests"] <= 1 and stats["data_requests"] <= 4
+
+
+def test_outage_gives_an_error_within_the_deadline_then_recovers(glance_clean, tag, tmp_path):
+    api = API(GlanceDriver(glance_clean.url, timeout=2), retry=FAST_RETRY)
+    data = random_bytes(64 * KiB * 4)
+    image = make_image(api, ALICE, tag, data=data)
+
+    async def body(fs):
+        fh = await open_data(fs, image["id"])
+        cached = await fs.read(fh, 0, 100)
+        glance_clean.faults(down=True)
+        start = time.monotonic()
+        with pytest.raises(errors.BackendUnavailable):
+            await fs.read(fh, 3 * 64 * KiB, 100)
+        took = time.monotonic() - start
+        assert took < 5.0
+        assert await fs.read(fh, 0, 100) == cached == data[:100]  # cached blocks still serve
+        assert image["id"] in await fs.listing()  # a stale listing rather than an error
+        glance_clean.faults()
+        assert await fs.read(fh, 3 * 64 * KiB, 100) == data[3 * 64 * KiB:][:100]
+        return took
+
+    took = run_fs(api, ALICE, tmp_path, body)
+    print(f"outage to error: {took:.2f}s")
+
+
+def test_deleted_image_disappears_and_uncached_reads_fail(backend, tag, tmp_path):
+    data = random_bytes(64 * KiB * 4)
+    image = make_image(backend.api, ALICE, tag, data=data)
+
+    async def body(fs):
+        fh = await open_data(fs, image["id"])
+        assert await fs.read(fh, 0, 10) == data[:10]
+        backend.api.delete(ALICE, image["id"])
+        await trio.sleep(0.6)  # past the TTLs
+        assert image["id"] not in await fs.listing()
+        with pytest.raises(errors.ImageNotFound):
+            await fs.lookup(ROOT_INODE, image["id"])
+        assert await fs.read(fh, 0, 10) == data[:10]  # cached: still served
+        with pytest.raises((errors.ImageNotFound, errors.ImageNoData)):
+            await fs.read(fh, 3 * 64 * KiB, 10)
+
+    run_fs(backend.api, ALICE, tmp_path, body, cache_size=0)
+
+
+def test_new_image_is_reachable_at_once(backend, tag, tmp_path):
+    first = make_image(backend.api, ALICE, tag)
+
+    async def body(fs):
+        assert first["id"] in await fs.listing()
+        new = make_image(backend.api, ALICE, tag, data=b"new")
+        assert new["id"] not in await fs.listing()  # the cached listing
+        d = await fs.lookup(ROOT_INODE, new["id"])
+        assert stat.S_ISDIR(d.mode)
+
+    run_fs(backend.api, ALICE, tmp_path, body, list_ttl=60)
+
+
+def test_corrupt_disk_block_is_fetched_again(backend, tag, tmp_path):
+    data = random_bytes(64 * KiB * 2)
+    image = make_image(backend.api, ALICE, tag, data=data)
+
+    async def read_all(fs):
+        fh = await open_data(fs, image["id"])
+        return await fs.read(fh, 0, len(data)), dict(fs.blocks.stats)
+
+    got, stats = run_fs(backend.api, ALICE, tmp_path, read_all)
+    assert got == data and stats["fetched_bytes"] == len(data)
+    blocks = sorted((tmp_path / "cache" / "blocks").rglob("*"))
+    files = [p for p in blocks if p.is_file()]
+    assert len(files) == 2
+    raw = bytearray(files[0].read_bytes())
+    raw[100] ^= 0xFF
+    files[0].write_bytes(bytes(raw))
+    got, stats = run_fs(backend.api, ALICE, tmp_path, read_all)
+    assert got == data
+    assert stats["fetched_bytes"] == 64 * KiB and stats["disk_hits"] == 1
