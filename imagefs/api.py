@@ -345,14 +345,15 @@ class API:
     def _resuming(self, context, driver, image_id, offset) -> Iterator[bytes]:
         failures, delays = 0, list(self.retry.delays())
         while True:
+            # Opening is retried by the policy; if that gives up, so does the stream.
+            stream = self._retrying(lambda: driver.open_stream(context, image_id, offset),
+                                    f"open image {image_id} at {offset}")
             try:
-                stream = self._retrying(lambda: driver.open_stream(context, image_id, offset),
-                                        f"open image {image_id} at {offset}")
                 for chunk in stream:
                     offset += len(chunk)
                     yield chunk
                 return
-            except BackendUnavailable as exc:
+            except BackendUnavailable as exc:  # dropped mid-body: resume from here
                 if failures >= len(delays):
                     raise
                 log.warning("image %s: %s; resuming at byte %d", image_id, exc, offset)

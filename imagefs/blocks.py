@@ -1,30 +1,37 @@
-"""Blocks of image data: cache tiers, single-flight fetches, streaming fallback.
+"""Blocks of image data: cache tiers, single-flight fetches, streams.
 
 ``BlockReader.read(image, offset, size)`` answers a read from blocks.  A block
-comes from the memory tier, else the disk tier, else the image service:
+comes from the memory tier, else the disk tier, else the image service, in
+one of two ways:
 
-- one fetch per block however many readers want it (``_flights``);
-- fetches run in worker threads, at most ``fetch_threads`` at once, one
-  thread hop per block (fetch *and* disk store), never per request;
-- ``prefetch`` starts background fetches of blocks ahead of a sequential
-  reader, neighbouring blocks in one ranged read of up to ``max_fetch``
-  bytes; their failures reach only readers waiting for those blocks (a later
-  reader fetches the block again);
-- a fetched block must have exactly the expected length, or the read fails;
-- for stores that refuse ranges, blocks are filled by streaming the image
-  from its start (``_Stream``), serving waiting readers as it passes them.
+- **a ranged read** of that one block, for random access (``_fetch``).  One
+  fetch per block however many readers want it (``_flights``).
+- **a stream** (``_Stream``): one open-ended GET from a block onwards, cut
+  into blocks as it arrives.  The prefetcher's sequential readers are served
+  this way: each request to Glance costs ~10-15 ms of its CPU whatever its
+  size, so one long response is much faster than many ranged reads.  A stream
+  may run ``limit`` blocks ahead; the prefetcher raises the limit as the
+  reader advances, and the stream pauses (TCP holds the server back) when it
+  is too far ahead.  Stores that refuse ranges are read with a stream from
+  the image's start that runs to the end.
 
-Concurrency: every attribute here is touched on the trio thread only, except
-inside functions passed to ``trio.to_thread.run_sync``, which see only their
-arguments and the thread-safe caches.  Between an ``await`` and the next
-line, another task may have fetched the same block: re-check the memory tier
-after waiting.
+Blocking work runs in worker threads, at most ``fetch_threads`` at once,
+one thread hop per block or per stream, never per FUSE request.  A fetched
+block must have exactly the expected length, or the read fails.
+
+Concurrency: ``_flights`` and ``_streams`` are touched on the trio thread
+only.  A stream's pump thread shares only ``limit``/``closed`` with it, under
+the stream's condition variable, and hands blocks over with
+``TrioToken.run_sync_soon`` (in order, without waiting for the trio thread).  Between an ``await`` and the next line,
+another task may have delivered the same block.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import time
 from typing import Callable
 
 import trio
@@ -35,6 +42,11 @@ from .context import RequestContext
 from .errors import BackendUnavailable, ImagefsError
 
 log = logging.getLogger(__name__)
+
+#: A stream nobody asked to go further for this long ends.
+STREAM_IDLE = 20.0
+#: Streams per image at once (several readers at different places).
+MAX_STREAMS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +65,39 @@ class _Flight:
 
 
 class _Stream:
-    """One pass over an image from its start, for stores without ranges."""
-
-    def __init__(self):
-        self.position = 0              # blocks completed so far
-        self.finished = False
+    def __init__(self, image: ImageRef, start: int, limit: int | None):
+        self.image = image
+        self.position = start           # the next block it will deliver
+        self.limit = limit              # it may fetch blocks < limit (None: to the end)
+        self.cond = threading.Condition()
+        self.closed = False
         self.waiting: dict[int, _Flight] = {}
+
+    def covers(self, index: int) -> bool:
+        return not self.closed and self.position <= index and \
+            (self.limit is None or index < self.limit)
+
+    def extend(self, limit: int) -> None:
+        with self.cond:
+            if self.limit is not None and limit > self.limit:
+                self.limit = limit
+                self.cond.notify()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+
+    def wait_for_room(self, index: int) -> bool:
+        """In the pump thread: block until ``index`` may be fetched; False to stop."""
+        with self.cond:
+            deadline = time.monotonic() + STREAM_IDLE
+            while not self.closed and self.limit is not None and index >= self.limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+            return not self.closed
 
 
 class BlockReader:
@@ -70,19 +109,22 @@ class BlockReader:
         self.block_size = block_size
         self.memory, self.disk = memory, disk
         self.read_deadline = read_deadline
-        self.max_fetch = max_fetch or 8 * block_size
         self.nursery = nursery
         self.fetch_limiter = trio.CapacityLimiter(fetch_threads)
         self.on_fetch = on_fetch
         self._flights: dict[BlockKey, _Flight] = {}
         self._streams: dict[str, list[_Stream]] = {}
-        self.stats = {"fetched_blocks": 0, "fetched_bytes": 0, "disk_hits": 0, "memory_hits": 0}
+        self.stats = {"fetched_blocks": 0, "fetched_bytes": 0, "disk_hits": 0,
+                      "memory_hits": 0, "streams": 0}
 
     def key(self, image: ImageRef, index: int) -> BlockKey:
         return BlockKey(image.id, image.version, self.block_size, index)
 
     def block_length(self, image: ImageRef, index: int) -> int:
         return max(0, min(self.block_size, image.size - index * self.block_size))
+
+    def _blocks(self, image: ImageRef) -> int:
+        return (image.size + self.block_size - 1) // self.block_size
 
     # ---- reading --------------------------------------------------------------
     async def read(self, image: ImageRef, offset: int, size: int) -> bytes:
@@ -114,164 +156,173 @@ class BlockReader:
             return data
         flight = self._flights.get(key)
         if flight is None:
-            self._start(image, [index])
-            flight = self._flights[key]
+            flight = self._flights[key] = _Flight()
+            stream = self._stream_covering(image, index)
+            if stream is not None:
+                stream.waiting[index] = flight
+            elif self.api.ranges_supported(self.ctx, image.id):
+                self.nursery.start_soon(self._fetch, image, index, flight)
+            else:
+                self._open_stream(image, 0, None).waiting[index] = flight
         await flight.done.wait()
         if flight.error is not None:
             raise flight.error
         return flight.data
 
     def prefetch(self, image: ImageRef, start: int, end: int) -> None:
-        """Fetch the blocks covering ``[start, end)`` in the background, runs of
-        neighbouring missing blocks in one request of up to ``max_fetch`` bytes."""
+        """Keep a stream running ahead of a sequential reader to cover ``[start, end)``."""
         end = min(end, image.size)
         if start >= end:
             return
-        run: list[int] = []
-        for index in range(start // self.block_size, (end - 1) // self.block_size + 1):
-            key = self.key(image, index)
-            if key in self._flights or key in self.memory:
-                if run:
-                    self._start(image, run)
-                run = []
-                continue
-            run.append(index)
-            if len(run) * self.block_size >= self.max_fetch:
-                self._start(image, run)
-                run = []
-        if run:
-            self._start(image, run)
+        first = start // self.block_size
+        limit = (end - 1) // self.block_size + 1
+        for stream in self._streams.get(image.id, ()):
+            if stream.limit is None or stream.position <= first <= stream.limit:
+                stream.extend(limit)
+                return
+        # Blocks already cached (memory, or disk: read in the background) need no
+        # stream; one starts at the first block that is in neither tier.
+        while first < limit:
+            key = self.key(image, first)
+            if key not in self.memory and key not in self._flights:
+                if self.disk is None or key not in self.disk:
+                    self._open_stream(image, first, limit)
+                    return
+                flight = self._flights[key] = _Flight()
+                self.nursery.start_soon(self._fetch, image, first, flight)
+            first += 1
 
     def cached(self, image: ImageRef, index: int) -> bool:
         key = self.key(image, index)
         return key in self.memory or (self.disk is not None and key in self.disk)
 
-    # ---- a run of blocks' journey ---------------------------------------------------
-    def _start(self, image: ImageRef, run: list[int]) -> None:
-        flights = {}
-        for index in run:
-            flights[index] = self._flights[self.key(image, index)] = _Flight()
-        self.nursery.start_soon(self._fly, image, flights)
+    # ---- one block by a ranged read ---------------------------------------------------
+    async def _fetch(self, image: ImageRef, index: int, flight: _Flight) -> None:
+        """Fill ``flight`` from the disk tier or a ranged read; never raises."""
+        key = self.key(image, index)
+        want = self.block_length(image, index)
+        disk = self.disk
 
-    async def _fly(self, image: ImageRef, flights: dict[int, _Flight]) -> None:
-        """Fill the flights of a run of blocks; never raises (the nursery must live)."""
-        try:
-            if self.api.ranges_supported(self.ctx, image.id):
-                found = await self._load_or_fetch(image, sorted(flights))
-            else:
-                found = {i: await self._from_stream(image, i) for i in sorted(flights)}
-            for index, flight in flights.items():
-                flight.data = found[index]
-                self.memory.put(self.key(image, index), flight.data)
-        except (ImagefsError, OSError) as exc:
-            for flight in flights.values():
-                flight.error = exc
-        except Exception as exc:  # a bug: fail these blocks' readers, keep the mount
-            log.exception("unexpected error fetching blocks %s of image %s", sorted(flights),
-                          image.id)
-            for flight in flights.values():
-                flight.error = exc
-        finally:
-            for index, flight in flights.items():
-                del self._flights[self.key(image, index)]
-                flight.done.set()
-
-    async def _load_or_fetch(self, image: ImageRef, run: list[int]) -> dict[int, bytes]:
-        """The run's blocks from the disk tier, the rest in one ranged read."""
-        bs, disk = self.block_size, self.disk
-        on_disk = disk is not None and any(self.key(image, i) in disk for i in run)
-
-        def work() -> tuple[dict[int, bytes], int, int]:  # in a worker thread
-            found: dict[int, bytes] = {}
-            if on_disk:
-                for index in run:
-                    data = disk.load(self.key(image, index))
-                    if data is not None and len(data) == self.block_length(image, index):
-                        found[index] = data
-            hits = len(found)
-            missing = [i for i in run if i not in found]
-            if not missing:
-                return found, hits, 0
-            first, last = missing[0], missing[-1]
-            want = min((last + 1) * bs, image.size) - first * bs
-            data = self.api.read(self.ctx, image.id, first * bs, want)
+        def work() -> tuple[bytes, bool]:  # in a worker thread
+            if disk is not None:
+                data = disk.load(key)
+                if data is not None and len(data) == want:
+                    return data, True
+            data = self.api.read(self.ctx, image.id, index * self.block_size, want)
             if len(data) != want:
-                raise BackendUnavailable(f"image {image.id}: asked for {want} bytes at "
-                                         f"{first * bs}, got {len(data)}")
-            for index in range(first, last + 1):
-                block = data[(index - first) * bs:(index - first + 1) * bs]
-                if disk is not None:
-                    disk.store(self.key(image, index), block)
-                found[index] = block
-            return found, hits, want
+                raise BackendUnavailable(f"image {image.id}: block {index} came back with "
+                                         f"{len(data)} bytes, expected {want}")
+            if disk is not None:
+                disk.store(key, data)
+            return data, False
 
-        found, hits, fetched = await trio.to_thread.run_sync(work, limiter=self.fetch_limiter,
-                                                             abandon_on_cancel=True)
-        self.stats["disk_hits"] += hits
-        if fetched:
-            self._count_fetch(fetched)
-        return found
+        try:
+            data, from_disk = await trio.to_thread.run_sync(
+                work, limiter=self.fetch_limiter, abandon_on_cancel=True)
+            self.stats["disk_hits" if from_disk else "fetched_blocks"] += 1
+            if not from_disk:
+                self._count_fetch(len(data))
+            self.memory.put(key, data)
+            flight.data = data
+        except (ImagefsError, OSError) as exc:
+            flight.error = exc
+        except Exception as exc:  # a bug: fail this block's readers, keep the mount
+            log.exception("unexpected error fetching block %d of image %s", index, image.id)
+            flight.error = exc
+        finally:
+            del self._flights[key]
+            flight.done.set()
 
     def _count_fetch(self, n: int) -> None:
-        self.stats["fetched_blocks"] += (n + self.block_size - 1) // self.block_size
         self.stats["fetched_bytes"] += n
         if self.on_fetch:
             self.on_fetch(n)
 
-    # ---- stores without ranges ------------------------------------------------------
-    async def _from_stream(self, image: ImageRef, index: int) -> bytes:
+    # ---- streams ----------------------------------------------------------------------
+    def _stream_covering(self, image: ImageRef, index: int) -> _Stream | None:
+        return next((s for s in self._streams.get(image.id, ()) if s.covers(index)), None)
+
+    def _open_stream(self, image: ImageRef, start: int, limit: int | None) -> _Stream:
         streams = self._streams.setdefault(image.id, [])
-        stream = next((s for s in streams if not s.finished and s.position <= index), None)
-        if stream is None:
-            stream = _Stream()
-            streams.append(stream)
-            log.info("image %s: filling blocks by streaming it from the start", image.id)
-            self.nursery.start_soon(self._run_stream, image, stream)
-        flight = stream.waiting.setdefault(index, _Flight())
-        await flight.done.wait()
-        if flight.error is not None:
-            raise flight.error
-        return flight.data
+        if len(streams) >= MAX_STREAMS:
+            streams[0].close()
+        stream = _Stream(image, start, limit)
+        streams.append(stream)
+        self.stats["streams"] += 1
+        log.debug("image %s: streaming from block %d", image.id, start)
+        self.nursery.start_soon(self._run_stream, stream)
+        return stream
 
-    async def _run_stream(self, image: ImageRef, stream: _Stream) -> None:
-        bs, disk = self.block_size, self.disk
+    async def _run_stream(self, stream: _Stream) -> None:
+        image, bs, disk = stream.image, self.block_size, self.disk
         token = trio.lowlevel.current_trio_token()
+        last = self._blocks(image)
 
-        def deliver(index: int, data: bytes) -> None:  # on the trio thread
+        def deliver(index: int, data: bytes) -> None:  # on the trio thread; must not raise
             stream.position = index + 1
-            self.memory.put(self.key(image, index), data)
+            key = self.key(image, index)
+            self.memory.put(key, data)
+            self.stats["fetched_blocks"] += 1
             self._count_fetch(len(data))
             flight = stream.waiting.pop(index, None)
             if flight is not None:
                 flight.data = data
+                del self._flights[key]
                 flight.done.set()
 
         def pump() -> None:  # in a worker thread
-            buf, index = bytearray(), 0
-            for chunk in self.api.stream(self.ctx, image.id, 0):
-                buf += chunk
-                while len(buf) >= bs or (buf and index * bs + len(buf) >= image.size):
-                    data = bytes(buf[:bs])
-                    del buf[:bs]
+            index = stream.position
+            if not stream.wait_for_room(index):
+                return
+            buf = bytearray()
+            for chunk in self.api.stream(self.ctx, image.id, index * bs):
+                if not buf and len(chunk) == self.block_length(image, index):
+                    blocks = [chunk]  # the usual case: the driver's chunks are blocks
+                else:
+                    buf += chunk
+                    blocks = []
+                    while buf and len(buf) >= self.block_length(image, index + len(blocks)):
+                        n = self.block_length(image, index + len(blocks))
+                        blocks.append(bytes(buf[:n]))
+                        del buf[:n]
+                for data in blocks:
                     if disk is not None:
-                        disk.store(self.key(image, index), data)
-                    trio.from_thread.run_sync(deliver, index, data, trio_token=token)
+                        disk.store_later(self.key(image, index), data)
+                    # Hand over without waiting for the trio thread: the pump goes on reading.
+                    token.run_sync_soon(deliver, index, data)
                     index += 1
-            if index * bs < image.size:
+                    if index >= last or not stream.wait_for_room(index):
+                        return
+            if index < last:
                 raise BackendUnavailable(f"image {image.id}: stream ended at block {index}")
 
         error: BaseException | None = None
         try:
-            await trio.to_thread.run_sync(pump, limiter=self.fetch_limiter)
+            await trio.to_thread.run_sync(pump, abandon_on_cancel=True)
         except (ImagefsError, OSError) as exc:
+            log.warning("image %s: stream from block %d failed: %s", image.id,
+                        stream.position, exc)
             error = exc
+        except trio.Cancelled:
+            stream.close()
+            raise
         except Exception as exc:
             log.exception("unexpected error streaming image %s", image.id)
             error = exc
         finally:
-            stream.finished = True
-            self._streams[image.id].remove(stream)
-            for flight in stream.waiting.values():
-                flight.error = error or BackendUnavailable(
-                    f"image {image.id}: stream ended before the block")
+            stream.closed = True
+            streams = self._streams.get(image.id, [])
+            if stream in streams:
+                streams.remove(stream)
+            if not streams:
+                self._streams.pop(image.id, None)
+        # Readers still waiting on this stream: fail them, or fetch their block anew.
+        for index, flight in stream.waiting.items():
+            if error is not None:
+                del self._flights[self.key(image, index)]
+                flight.error = error
                 flight.done.set()
+            elif self.api.ranges_supported(self.ctx, image.id):
+                self.nursery.start_soon(self._fetch, image, index, flight)
+            else:
+                self._open_stream(image, 0, None).waiting[index] = flight

@@ -209,7 +209,11 @@ def serve(api, ctx, config: MountConfig, mountpoint: Path, ready) -> int:
             pyfuse3.close(unmount=True)
             nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    finally:
+        if disk is not None:
+            disk.close()  # blocks still queued for the disk tier
     log.info("unmounted %s", mountpoint)
     return 0
 

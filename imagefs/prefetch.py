@@ -7,6 +7,11 @@ ahead) continues the sequence, so the interleaved offsets of a reader with
 several requests in flight (qemu keeps up to 8) still count as sequential.
 While reads stay sequential the window doubles, from two blocks up to
 ``max_window``; a read elsewhere (a seek) resets it to nothing.
+
+It asks for data ahead in batches: only when what has already been asked
+for (``ahead``) runs less than half a window past the frontier does it ask
+again, for everything up to a full window ahead.  So fetches are few and
+large instead of one block at a time behind each read.
 """
 
 from __future__ import annotations
@@ -20,19 +25,21 @@ class Prefetcher:
         self.slack = slack if slack is not None else max(8 << 20, 2 * block_size)
         self.frontier: int | None = None
         self.window = 0
+        self.ahead = 0  # the end of what has been asked for so far
 
     def on_read(self, offset: int, size: int) -> tuple[int, int]:
-        """Note a read; returns the byte range ``(start, end)`` worth fetching
-        ahead of it (empty when the reads are not sequential)."""
+        """Note a read; returns the byte range ``(start, end)`` to fetch ahead
+        of it now (empty when nothing is due or the reads are not sequential)."""
         end = offset + size
         sequential = (self.frontier is not None
                       and self.frontier - self.slack <= offset <= self.frontier + self.slack)
-        if sequential:
-            self.window = min(max(2 * self.window, 2 * self.block_size), self.max_window)
-            self.frontier = max(self.frontier, end)
-        else:
-            self.window = 0
-            self.frontier = end
-        if not self.window:
+        if not sequential:
+            self.window, self.frontier, self.ahead = 0, end, end
             return (end, end)
-        return (self.frontier, self.frontier + self.window)
+        self.window = min(max(2 * self.window, 4 * self.block_size), self.max_window)
+        self.frontier = max(self.frontier, end)
+        if self.ahead - self.frontier >= self.window // 2:
+            return (self.ahead, self.ahead)
+        start = max(self.ahead, self.frontier)
+        self.ahead = self.frontier + self.window
+        return (start, self.ahead)

@@ -12,6 +12,10 @@ when the cache opens, so recency survives a remount; a hit touches the file's
 mtime.  Directories are 0700 and files 0600: only the mount's user reads them.
 
 All methods are thread-safe and blocking: call them from worker threads.
+``store_later`` queues a block for a writer thread of the cache's own (a
+bounded queue: a full one makes the caller wait), so that a stream reading
+from the network does not also wait for the disk; ``close`` writes what is
+queued before the mount exits.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import collections
 import contextlib
 import logging
 import os
+import queue
 import struct
-import tempfile
 import threading
 import zlib
 from pathlib import Path
@@ -43,6 +47,9 @@ class DiskCache:
         self._lock = threading.Lock()
         self._index: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._bytes = 0
+        self._subdirs: set[str] = set()
+        self._queue: queue.Queue = queue.Queue(maxsize=16)
+        self._writer: threading.Thread | None = None
         old = os.umask(0o077)
         try:
             for d in (self.root, self.blocks, self.tmp):
@@ -115,9 +122,12 @@ class DiskCache:
         digest = key.digest()
         header = _HEADER.pack(_MAGIC, len(data), zlib.crc32(data), bytes.fromhex(digest))
         path = self._path(digest)
+        tmp = self.tmp / f"{digest}.{threading.get_ident()}"
         try:
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.tmp)  # mkstemp makes it 0600
+            if digest[:2] not in self._subdirs:
+                path.parent.mkdir(mode=0o700, exist_ok=True)
+                self._subdirs.add(digest[:2])
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(header)
@@ -135,6 +145,33 @@ class DiskCache:
             self._bytes += size - self._index.pop(digest, 0)
             self._index[digest] = size
         self._evict()
+
+    def store_later(self, key: BlockKey, data: bytes) -> None:
+        """``store`` in the cache's writer thread; waits only while 16 blocks are queued."""
+        if self.max_bytes <= 0:
+            return
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_queued, name="imagefs-disk-writer",
+                                            daemon=True)
+            self._writer.start()
+        self._queue.put((key, data))
+
+    def _write_queued(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                self.store(*item)
+            finally:
+                self._queue.task_done()
+
+    def close(self) -> None:
+        """Write every queued block and stop the writer thread."""
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
 
     def _forget(self, digest: str, unlink: bool = False) -> None:
         with self._lock:
