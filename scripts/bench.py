@@ -1,0 +1,329 @@
+"""imagefs against its baselines, measured side by side in one run.
+
+Starts a real Glance on loopback (tests/glance_server.py, whose wrapper
+counts the bytes Glance sends), uploads a raw image of random bytes and a
+sparse 20 GiB qcow2, and measures, each run against its baseline in the same
+run:
+
+  cold sequential   fresh mount, empty cache, page cache dropped, dd bs=1M
+                    vs curl of the same image from the same Glance
+  warm sequential   the same file again on the same mount
+                    vs a local copy already in the page cache
+  disk-cache read   remount on the same cache dir, page cache dropped
+                    vs a local copy after dropping the page cache
+  qemu-img info     cold, on the sparse qcow2: bytes fetched, seconds
+  4 readers         cold, same image at once: bytes sent / size, time vs 1
+  ls -l             the root with N images, cold and warm: API calls, time
+  memory            peak RSS of the daemon during the cold read vs its memory cache
+
+Prints a table of medians (min-max) and writes the same as JSON.  Needs root
+(to drop the page cache and to mount).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from glance_server import GlanceServer  # noqa: E402
+
+from imagefs.api import API  # noqa: E402
+from imagefs.config import parse_size  # noqa: E402
+from imagefs.context import RequestContext  # noqa: E402
+from imagefs.drivers.glance import GlanceDriver  # noqa: E402
+
+MiB = 1 << 20
+ALICE = RequestContext(auth_token="alice-token")
+BOB = RequestContext(auth_token="bob-token")
+
+
+def drop_page_cache() -> None:
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def dd(path: Path) -> float:
+    return timed(["dd", f"if={path}", "of=/dev/null", "bs=1M"])
+
+
+class Mount:
+    def __init__(self, work: Path, glance: GlanceServer, cache: Path, token: str, memory: str):
+        self.path = work / f"mnt-{time.monotonic_ns()}"
+        self.path.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+        env.update(OS_AUTH_TOKEN=token, OS_IMAGE_URL=glance.url)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "imagefs", "mount", str(self.path), "--foreground",
+             "--cache-dir", str(cache), "--memory-cache", memory],
+            env=env, stderr=open(work / "mount.log", "a"))
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(self.path):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mount failed; see {work / 'mount.log'}")
+            time.sleep(0.02)
+
+    def data(self, image_id: str) -> Path:
+        return self.path / image_id / "data"
+
+    def peak_rss(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def close(self) -> None:
+        subprocess.run(["fusermount3", "-u", str(self.path)], check=True)
+        if self.proc.wait(60) != 0:
+            raise RuntimeError("the mount exited with an error")
+        self.path.rmdir()
+
+
+def make_sparse_qcow2(path: Path) -> None:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "20G"], check=True)
+    cmds = []
+    for i in range(64):  # 64 MiB of data scattered over 20 GiB
+        cmds += ["-c", f"write -q -P {i % 250 + 1} {((i * 317) % 20000) << 20} 1M"]
+    subprocess.run(["qemu-io", "-f", "qcow2", *cmds, str(path)], check=True)
+
+
+def setup(work: Path, glance: GlanceServer, size: int, listing: int) -> dict:
+    api = API(GlanceDriver(glance.url))
+    src = work / "source.raw"
+    print(f"bench: writing {size / MiB:.0f} MiB of random bytes", file=sys.stderr)
+    with open(src, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 16 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+    with open(src, "rb") as f:
+        raw = api.create(ALICE, {"name": "bench-raw", "disk_format": "raw",
+                                 "container_format": "bare"}, data=f)["id"]
+    sparse = work / "sparse.qcow2"
+    make_sparse_qcow2(sparse)
+    with open(sparse, "rb") as f:
+        qcow2 = api.create(ALICE, {"name": "bench-qcow2", "disk_format": "qcow2",
+                                   "container_format": "bare"}, data=f)["id"]
+    print(f"bench: creating {listing} images for the listing", file=sys.stderr)
+
+    def tiny(i):
+        return api.create(BOB, {"name": f"list-{i:05d}", "disk_format": "raw",
+                                "container_format": "bare"}, data=b"x")["id"]
+    for i in range(listing):  # one at a time: Glance's sqlite database locks otherwise
+        tiny(i)
+    return {"src": src, "raw": raw, "qcow2": qcow2, "sparse": sparse, "size": size}
+
+
+def one_run(work: Path, glance: GlanceServer, images: dict, memory: str) -> dict:
+    size, raw, src = images["size"], images["raw"], images["src"]
+    r: dict[str, float] = {}
+    token = "alice-token"
+
+    # cold sequential: curl baseline, then a fresh mount
+    drop_page_cache()
+    r["curl_s"] = timed(["curl", "-sf", "-H", f"X-Auth-Token: {token}",
+                         f"{glance.url}/v2/images/{raw}/file", "-o", "/dev/null"])
+    cache = work / f"cache-{time.monotonic_ns()}"
+    m = Mount(work, glance, cache, token, memory)
+    os.stat(m.data(raw))
+    drop_page_cache()
+    glance.reset()
+    r["cold_s"] = dd(m.data(raw))
+    r["cold_server_bytes"] = glance.stats()["data_bytes"]
+    r["peak_rss"] = m.peak_rss()
+
+    # warm sequential: the same file again; baseline a page-cached local file
+    r["warm_s"] = dd(m.data(raw))
+    dd(src)
+    r["local_warm_s"] = dd(src)
+    m.close()
+
+    # disk-cache read: remount on the same cache dir
+    m = Mount(work, glance, cache, token, memory)
+    os.stat(m.data(raw))
+    drop_page_cache()
+    glance.reset()
+    r["disk_s"] = dd(m.data(raw))
+    r["disk_server_bytes"] = glance.stats()["data_bytes"]
+    m.close()
+    drop_page_cache()
+    r["local_cold_s"] = dd(src)
+    shutil.rmtree(cache)
+
+    # qemu-img info, cold
+    cache = work / f"cache-{time.monotonic_ns()}"
+    m = Mount(work, glance, cache, token, memory)
+    os.stat(m.data(images["qcow2"]))
+    glance.reset()
+    r["qemu_img_info_s"] = timed(["qemu-img", "info", str(m.data(images["qcow2"]))])
+    r["qemu_img_info_bytes"] = glance.stats()["data_bytes"]
+    m.close()
+    shutil.rmtree(cache)
+
+    # 4 readers at once, cold
+    cache = work / f"cache-{time.monotonic_ns()}"
+    m = Mount(work, glance, cache, token, memory)
+    os.stat(m.data(raw))
+    drop_page_cache()
+    glance.reset()
+    start = time.perf_counter()
+    procs = [subprocess.Popen(["dd", f"if={m.data(raw)}", "of=/dev/null", "bs=1M"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(4)]
+    if any(p.wait() != 0 for p in procs):
+        raise RuntimeError("a reader failed")
+    r["four_s"] = time.perf_counter() - start
+    r["four_server_bytes"] = glance.stats()["data_bytes"]
+    m.close()
+    shutil.rmtree(cache)
+
+    # ls -l of the root with the listing images (bob's project)
+    cache = work / f"cache-{time.monotonic_ns()}"
+    m = Mount(work, glance, cache, "bob-token", memory)
+    glance.reset()
+    r["ls_cold_s"] = timed(["ls", "-l", str(m.path)])
+    stats = glance.stats()
+    r["ls_cold_calls"] = stats["list_requests"] + stats["get_requests"]
+    glance.reset()
+    r["ls_warm_s"] = timed(["ls", "-l", str(m.path)])
+    stats = glance.stats()
+    r["ls_warm_calls"] = stats["list_requests"] + stats["get_requests"]
+    m.close()
+    shutil.rmtree(cache)
+    return r
+
+
+def summarize(runs: list[dict], images: dict, memory: int, listing: int, page_size: int) -> dict:
+    size = images["size"]
+
+    def stat(values):
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    def ratio(num, den):  # per run, then summarized: noise cancels within a run
+        return stat([r[den] / r[num] for r in runs])
+
+    pages = -(-listing // page_size) + 1  # the last page tells there is no next one
+    out = {
+        "cold_vs_curl": ratio("cold_s", "curl_s"),
+        "cold_MiBps": stat([size / MiB / r["cold_s"] for r in runs]),
+        "curl_MiBps": stat([size / MiB / r["curl_s"] for r in runs]),
+        "warm_vs_local_warm": ratio("warm_s", "local_warm_s"),
+        "warm_MiBps": stat([size / MiB / r["warm_s"] for r in runs]),
+        "disk_vs_local_cold": ratio("disk_s", "local_cold_s"),
+        "disk_MiBps": stat([size / MiB / r["disk_s"] for r in runs]),
+        "disk_server_bytes": stat([r["disk_server_bytes"] for r in runs]),
+        "qemu_img_info_bytes": stat([r["qemu_img_info_bytes"] for r in runs]),
+        "qemu_img_info_s": stat([r["qemu_img_info_s"] for r in runs]),
+        "four_readers_sent_vs_size": stat([r["four_server_bytes"] / size for r in runs]),
+        "four_readers_time_vs_one": stat([r["four_s"] / r["cold_s"] for r in runs]),
+        "ls_cold_calls": stat([r["ls_cold_calls"] for r in runs]),
+        "ls_cold_s": stat([r["ls_cold_s"] for r in runs]),
+        "ls_warm_s": stat([r["ls_warm_s"] for r in runs]),
+        "ls_warm_calls": stat([r["ls_warm_calls"] for r in runs]),
+        "listing_pages": pages,
+        "peak_rss_MiB": stat([r["peak_rss"] / MiB for r in runs]),
+        "memory_cache_MiB": memory / MiB,
+    }
+    out["targets"] = {
+        "cold >= 0.8x curl": out["cold_vs_curl"]["median"] >= 0.8,
+        "warm >= 0.5x page-cached local": out["warm_vs_local_warm"]["median"] >= 0.5,
+        "disk-cache >= 0.7x cold local": out["disk_vs_local_cold"]["median"] >= 0.7,
+        "qemu-img info <= 1 MiB": out["qemu_img_info_bytes"]["median"] <= MiB,
+        "qemu-img info <= 0.2 s": out["qemu_img_info_s"]["median"] <= 0.2,
+        "4 readers sent <= 1.05x": out["four_readers_sent_vs_size"]["median"] <= 1.05,
+        "ls -l warm <= 50 ms": out["ls_warm_s"]["median"] <= 0.05,
+        "ls -l cold calls <= pages": out["ls_cold_calls"]["median"] <= pages,
+        "peak RSS <= cache + 100 MiB": out["peak_rss_MiB"]["median"] <= memory / MiB + 100,
+    }
+    return out
+
+
+def print_table(s: dict) -> None:
+    def f(d, fmt="{:.2f}"):
+        return f"{fmt.format(d['median'])} ({fmt.format(d['min'])}-{fmt.format(d['max'])})"
+    rows = [
+        ("cold sequential", f(s["cold_vs_curl"]) + " x curl",
+         f"{f(s['cold_MiBps'], '{:.0f}')} MiB/s vs curl {f(s['curl_MiBps'], '{:.0f}')}"),
+        ("warm sequential", f(s["warm_vs_local_warm"]) + " x local",
+         f"{f(s['warm_MiBps'], '{:.0f}')} MiB/s"),
+        ("disk-cache read", f(s["disk_vs_local_cold"]) + " x local",
+         f"{f(s['disk_MiBps'], '{:.0f}')} MiB/s; server sent {f(s['disk_server_bytes'], '{:.0f}')} B"),
+        ("qemu-img info", f(s["qemu_img_info_bytes"], "{:.0f}") + " B",
+         f"{f(s['qemu_img_info_s'], '{:.3f}')} s"),
+        ("4 readers at once", f(s["four_readers_sent_vs_size"]) + " x size sent",
+         f"time {f(s['four_readers_time_vs_one'])} x one reader"),
+        ("ls -l cold", f(s["ls_cold_calls"], "{:.0f}") + " API calls",
+         f"{f(s['ls_cold_s'], '{:.3f}')} s; {s['listing_pages']} pages"),
+        ("ls -l warm", f(s["ls_warm_calls"], "{:.0f}") + " API calls", f"{f(s['ls_warm_s'], '{:.3f}')} s"),
+        ("memory", f(s["peak_rss_MiB"], "{:.0f}") + " MiB peak RSS",
+         f"memory cache {s['memory_cache_MiB']:.0f} MiB"),
+    ]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    print(f"{'figure'.ljust(w0)}  {'imagefs vs baseline: median (min-max)'.ljust(w1)}  detail")
+    for a, b, c in rows:
+        print(f"{a.ljust(w0)}  {b.ljust(w1)}  {c}")
+    print()
+    for name, ok in s["targets"].items():
+        print(f"  [{'ok' if ok else 'MISS'}] {name}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="1G", help="raw image size (default 1G)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
+    p.add_argument("--listing", type=int, default=1000, help="images for ls -l (default 1000)")
+    p.add_argument("--memory-cache", default="256M", help="the mount's memory cache (default 256M)")
+    p.add_argument("--out", default="bench-results.json", help="JSON output file")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = p.parse_args()
+    if os.geteuid() != 0:
+        print("bench: needs root (to drop the page cache and mount)", file=sys.stderr)
+        return 2
+    for tool in ("curl", "dd", "qemu-img", "qemu-io", "fusermount3"):
+        if not shutil.which(tool):
+            print(f"bench: {tool} is missing (run scripts/setup)", file=sys.stderr)
+            return 2
+    size = parse_size(args.size)
+    work = Path(tempfile.mkdtemp(prefix="imagefs-bench-"))
+    glance = GlanceServer(work / "glance")
+    try:
+        glance.start()
+        images = setup(work, glance, size, args.listing)
+        runs = []
+        for i in range(args.reps):
+            print(f"bench: run {i + 1} of {args.reps}", file=sys.stderr)
+            runs.append(one_run(work, glance, images, args.memory_cache))
+        summary = summarize(runs, images, parse_size(args.memory_cache), args.listing, 100)
+        summary["size"] = size
+        summary["runs"] = runs
+        Path(args.out).write_text(json.dumps(summary, indent=2))
+        print_table(summary)
+        print(f"\n(written to {args.out})")
+    finally:
+        glance.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
