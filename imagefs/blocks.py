@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 STREAM_IDLE = 20.0
 #: Streams per image at once (several readers at different places).
 MAX_STREAMS = 4
+#: A reader this many blocks past a stream's limit waits for the stream.
+STREAM_REACH = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +75,10 @@ class _Stream:
         self.closed = False
         self.waiting: dict[int, _Flight] = {}
 
-    def covers(self, index: int) -> bool:
+    def near(self, index: int) -> bool:
+        """Whether ``index`` is ahead of it, within its limit or just past it."""
         return not self.closed and self.position <= index and \
-            (self.limit is None or index < self.limit)
+            (self.limit is None or index < self.limit + STREAM_REACH)
 
     def extend(self, limit: int) -> None:
         with self.cond:
@@ -157,8 +160,9 @@ class BlockReader:
         flight = self._flights.get(key)
         if flight is None:
             flight = self._flights[key] = _Flight()
-            stream = self._stream_covering(image, index)
-            if stream is not None:
+            stream = self._stream_near(image, index)
+            if stream is not None:  # it will be here soon: one fetch, not two
+                stream.extend(index + 1)
                 stream.waiting[index] = flight
             elif self.api.ranges_supported(self.ctx, image.id):
                 self.nursery.start_soon(self._fetch, image, index, flight)
@@ -176,10 +180,10 @@ class BlockReader:
             return
         first = start // self.block_size
         limit = (end - 1) // self.block_size + 1
-        for stream in self._streams.get(image.id, ()):
-            if stream.limit is None or stream.position <= first <= stream.limit:
-                stream.extend(limit)
-                return
+        stream = self._stream_near(image, first)
+        if stream is not None:
+            stream.extend(limit)
+            return
         # Blocks already cached (memory, or disk: read in the background) need no
         # stream; one starts at the first block that is in neither tier.
         while first < limit:
@@ -239,8 +243,8 @@ class BlockReader:
             self.on_fetch(n)
 
     # ---- streams ----------------------------------------------------------------------
-    def _stream_covering(self, image: ImageRef, index: int) -> _Stream | None:
-        return next((s for s in self._streams.get(image.id, ()) if s.covers(index)), None)
+    def _stream_near(self, image: ImageRef, index: int) -> _Stream | None:
+        return next((s for s in self._streams.get(image.id, ()) if s.near(index)), None)
 
     def _open_stream(self, image: ImageRef, start: int, limit: int | None) -> _Stream:
         streams = self._streams.setdefault(image.id, [])

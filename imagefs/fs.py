@@ -115,6 +115,7 @@ class ImageFS:
         self._dirs: dict[int, tuple[int, list[str]]] = {}  # fh -> (inode, names)
         self.mounted_at_ns = time.time_ns()
         self.api_calls = {"list": 0, "get": 0}
+        self.reads = {"requests": 0, "bytes": 0}
 
     @property
     def image_count(self) -> int:
@@ -283,7 +284,10 @@ class ImageFS:
         start, end = handle.prefetcher.on_read(offset, size)
         if end > start:
             self.blocks.prefetch(handle.image, start, end)
-        return await self.blocks.read(handle.image, offset, size)
+        data = await self.blocks.read(handle.image, offset, size)
+        self.reads["requests"] += 1
+        self.reads["bytes"] += len(data)
+        return data
 
     def release(self, fh: int) -> None:
         self._handles.pop(fh, None)

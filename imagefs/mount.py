@@ -208,6 +208,8 @@ def serve(api, ctx, config: MountConfig, mountpoint: Path, ready) -> int:
                 raise
             pyfuse3.close(unmount=True)
             nursery.cancel_scope.cancel()
+            log.info("served %d reads (%d bytes); blocks: %s; API calls: %s", fs.reads["requests"],
+                     fs.reads["bytes"], blocks.stats, fs.api_calls)
 
     try:
         trio.run(main)

@@ -72,7 +72,7 @@ class Mount:
         env.update(OS_AUTH_TOKEN=token, OS_IMAGE_URL=glance.url)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "imagefs", "mount", str(self.path), "--foreground",
-             "--cache-dir", str(cache), "--memory-cache", memory],
+             "--cache-dir", str(cache), "--memory-cache", memory, "-v"],
             env=env, stderr=open(work / "mount.log", "a"))
         deadline = time.monotonic() + 30
         while not os.path.ismount(self.path):

@@ -97,23 +97,30 @@ class DiskCache:
                 return None
             self._index.move_to_end(digest)
         path = self._path(digest)
+        data = None
         try:
-            with open(path, "rb") as f:
-                raw = f.read()
-            os.utime(path)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                # One read-ahead of the whole file, rather than the kernel's slow start.
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                header = os.pread(fd, _HEADER.size, 0)
+                if len(header) == _HEADER.size:
+                    magic, length, crc, key_hash = _HEADER.unpack(header)
+                    if magic == _MAGIC and key_hash == bytes.fromhex(digest):
+                        data = os.pread(fd, length + 1, _HEADER.size)  # +1: no trailing bytes
+                        if len(data) != length or zlib.crc32(data) != crc:
+                            data = None
+                os.utime(fd)  # recency, for eviction after a remount too
+            finally:
+                os.close(fd)
         except OSError as exc:
             log.warning("disk cache: cannot read %s (%s); treating as a miss", path, exc)
             self._forget(digest)
             return None
-        if len(raw) >= _HEADER.size:
-            magic, length, crc, key_hash = _HEADER.unpack_from(raw)
-            data = raw[_HEADER.size:]
-            if (magic == _MAGIC and key_hash == bytes.fromhex(digest) and length == len(data)
-                    and zlib.crc32(data) == crc):
-                return data
-        log.warning("disk cache: block %s is corrupt; discarding it", path)
-        self._forget(digest, unlink=True)
-        return None
+        if data is None:
+            log.warning("disk cache: block %s is corrupt; discarding it", path)
+            self._forget(digest, unlink=True)
+        return data
 
     def store(self, key: BlockKey, data: bytes) -> None:
         """Write the block (atomically) and evict the least recently used over the bound."""
