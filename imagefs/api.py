@@ -43,7 +43,7 @@ import os
 import re
 import tempfile
 import time
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from .context import RequestContext
 from .drivers.base import Driver
@@ -87,7 +87,8 @@ class _Verifier:
             try:
                 self.hash, self.expected = hashlib.new(algo), value
             except ValueError:
-                raise ImageBadRequest(f"image {record['id']}: unknown hash algorithm {algo!r}")
+                raise ImageBadRequest(f"image {record['id']}: unknown hash algorithm "
+                                      f"{algo!r}") from None
         elif record.get("checksum"):
             self.hash, self.expected = hashlib.md5(), record["checksum"]
         else:
@@ -346,8 +347,9 @@ class API:
         failures, delays = 0, list(self.retry.delays())
         while True:
             # Opening is retried by the policy; if that gives up, so does the stream.
-            stream = self._retrying(lambda: driver.open_stream(context, image_id, offset),
-                                    f"open image {image_id} at {offset}")
+            stream = self._retrying(
+                lambda start=offset: driver.open_stream(context, image_id, start),
+                f"open image {image_id} at {offset}")
             try:
                 for chunk in stream:
                     offset += len(chunk)

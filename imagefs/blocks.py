@@ -196,10 +196,6 @@ class BlockReader:
                 self.nursery.start_soon(self._fetch, image, first, flight)
             first += 1
 
-    def cached(self, image: ImageRef, index: int) -> bool:
-        key = self.key(image, index)
-        return key in self.memory or (self.disk is not None and key in self.disk)
-
     # ---- one block by a ranged read ---------------------------------------------------
     async def _fetch(self, image: ImageRef, index: int, flight: _Flight) -> None:
         """Fill ``flight`` from the disk tier or a ranged read; never raises."""

@@ -156,7 +156,7 @@ class ImageFS:
             self._listed_at = time.monotonic()
             return self._listing
 
-    async def _image(self, image_id: str, fresh_only: bool = False) -> _Image:
+    async def _image(self, image_id: str) -> _Image:
         """The image, its record no older than record_ttl; ImageNotFound if gone."""
         image = self._images.get(image_id)
         if image is not None and time.monotonic() - image.fetched < self.config.record_ttl:

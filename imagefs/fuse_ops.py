@@ -151,11 +151,13 @@ class FuseOps(pyfuse3.Operations):
     async def fsync(self, fh, datasync):
         pass  # nothing is ever written
 
+    # No extended attributes.  ENOSYS (rather than ENOATTR per call) makes the
+    # kernel stop asking: `ls -l` otherwise sends two getxattr requests per entry.
     async def getxattr(self, inode, name, ctx):
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def listxattr(self, inode, ctx):
-        return []
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     for _name in ("setattr", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link",
                   "write", "create", "setxattr", "removexattr"):

@@ -133,7 +133,7 @@ def setup(work: Path, glance: GlanceServer, size: int, listing: int) -> dict:
 
 
 def one_run(work: Path, glance: GlanceServer, images: dict, memory: str) -> dict:
-    size, raw, src = images["size"], images["raw"], images["src"]
+    raw, src = images["raw"], images["src"]
     r: dict[str, float] = {}
     token = "alice-token"
 
