@@ -180,21 +180,24 @@ class BlockReader:
             return
         first = start // self.block_size
         limit = (end - 1) // self.block_size + 1
-        stream = self._stream_near(image, first)
-        if stream is not None:
-            stream.extend(limit)
-            return
         # Blocks already cached (memory, or disk: read in the background) need no
-        # stream; one starts at the first block that is in neither tier.
+        # stream.  At the first block in neither tier, a stream that is there or
+        # nearly there goes further; only if there is none does a new one start.
         while first < limit:
             key = self.key(image, first)
-            if key not in self.memory and key not in self._flights:
-                if self.disk is None or key not in self.disk:
-                    self._open_stream(image, first, limit)
-                    return
+            if key in self.memory or key in self._flights:
+                first += 1
+            elif self.disk is not None and key in self.disk:
                 flight = self._flights[key] = _Flight()
                 self.nursery.start_soon(self._fetch, image, first, flight)
-            first += 1
+                first += 1
+            else:
+                stream = self._stream_near(image, first)
+                if stream is not None:
+                    stream.extend(limit)
+                else:
+                    self._open_stream(image, first, limit)
+                return
 
     # ---- one block by a ranged read ---------------------------------------------------
     async def _fetch(self, image: ImageRef, index: int, flight: _Flight) -> None:
