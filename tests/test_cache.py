@@ -64,7 +64,9 @@ def test_block_file_moved_under_another_key_is_a_miss(tmp_path):
 
 
 def test_disk_tier_evicts_least_recently_used(tmp_path):
-    disk = DiskCache(tmp_path / "c", 3 * (1000 + 48))
+    probe = DiskCache(tmp_path / "probe", 1 << 20)
+    probe.store(key(0), b"x" * 1000)
+    disk = DiskCache(tmp_path / "c", 3 * probe.bytes_used)  # room for three blocks
     for i in range(3):
         disk.store(key(i), b"x" * 1000)
     disk.load(key(0))
@@ -74,6 +76,23 @@ def test_disk_tier_evicts_least_recently_used(tmp_path):
     assert disk.bytes_used <= disk.max_bytes
     files = [p for p in (tmp_path / "c" / "blocks").rglob("*") if p.is_file()]
     assert len(files) == 3
+
+
+def test_blocks_of_every_length_round_trip(tmp_path):
+    disk = DiskCache(tmp_path / "c", 64 << 20)
+    for n in (0, 1, 4095, 4096, 4097, 65536, (1 << 20) - 1, 1 << 20):
+        data = os.urandom(n)
+        disk.store(key(n), data)
+        assert disk.load(key(n)) == data
+
+
+def test_store_later_is_written_by_close(tmp_path):
+    disk = DiskCache(tmp_path / "c", 64 << 20)
+    for i in range(40):
+        disk.store_later(key(i), bytes([i]) * 5000)
+    disk.close()
+    again = DiskCache(tmp_path / "c", 64 << 20)
+    assert all(again.load(key(i)) == bytes([i]) * 5000 for i in range(40))
 
 
 def test_cache_files_are_private(tmp_path):
