@@ -163,9 +163,6 @@ def print_record(record: dict, fmt: str) -> None:
 def _open(args):
     from .connect import ServiceOptions, open_api
 
-    if args.store and (args.os_cloud or args.os_auth_token or args.os_image_url):
-        raise ConfigError("--store selects the embedded store; it cannot be combined with "
-                          "--os-cloud, --os-auth-token or --os-image-url")
     opts = ServiceOptions.from_env(store=args.store, os_cloud=args.os_cloud,
                                    os_auth_token=args.os_auth_token,
                                    os_image_url=args.os_image_url, timeout=args.timeout)

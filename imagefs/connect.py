@@ -38,6 +38,10 @@ class ServiceOptions:
     def from_env(cls, env: Mapping[str, str] = os.environ, **given) -> "ServiceOptions":
         """Options given on the command line win over ``OS_*`` variables."""
         given = {k: v for k, v in given.items() if v is not None}
+        if given.get("store") and any(given.get(k) for k in
+                                      ("os_cloud", "os_auth_token", "os_image_url")):
+            raise ConfigError("--store selects the embedded store; it cannot be combined with "
+                              "--os-cloud, --os-auth-token or --os-image-url")
         if "os_cloud" not in given:  # an explicit --os-cloud outranks a token in the environment
             given.setdefault("os_auth_token", env.get("OS_AUTH_TOKEN") or env.get("OS_TOKEN") or None)
         given.setdefault("os_cloud", env.get("OS_CLOUD") or None)

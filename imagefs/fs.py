@@ -107,7 +107,8 @@ class ImageFS:
         self._images: dict[str, _Image] = {}
         self._by_ino: dict[int, _Image] = {}
         self._next_ino = _FIRST_IMAGE_INODE
-        self._listing: list[str] | None = None
+        self._listing: list[str] | None = None   # sorted, for readdir
+        self._listed: set[str] = set()            # the same, for lookups
         self._listed_at = 0.0
         self._listing_lock = trio.Lock()
         self._handles: dict[int, _Handle] = {}
@@ -153,6 +154,7 @@ class ImageFS:
                             "%.0fs ago", exc, time.monotonic() - self._listed_at)
                 return self._listing
             self._listing = sorted(self._remember(r).id for r in records)
+            self._listed = set(self._listing)
             self._listed_at = time.monotonic()
             return self._listing
 
@@ -165,7 +167,8 @@ class ImageFS:
         try:
             record = await self._call(self.api.get, self.ctx, image_id, False, False)
         except ImageNotFound:
-            if self._listing is not None and image_id in self._listing:
+            if image_id in self._listed:
+                self._listed.discard(image_id)
                 self._listing.remove(image_id)
             raise
         if record["status"] != "active":
@@ -184,8 +187,8 @@ class ImageFS:
         if parent == ROOT_INODE:
             if not _UUID.match(name):
                 raise FsError(errno.ENOENT)
-            listing = await self.listing()
-            if name in listing and name in self._images:
+            await self.listing()
+            if name in self._listed:
                 image = self._images[name]
             else:  # not listed (yet): ask the service, so new images are reachable at once
                 image = await self._image(name)

@@ -122,11 +122,10 @@ def run_mount(args) -> int:
         _write_pid(lock_fd)
         return serve(api, ctx, config, mountpoint, ready=None)
     return _daemonize(lambda ready: serve(api, ctx, config, mountpoint, ready),
-                      lock_fd, Path(args.log) if args.log else config.cache_dir / "imagefs.log",
-                      args)
+                      lock_fd, Path(args.log) if args.log else config.cache_dir / "imagefs.log")
 
 
-def _daemonize(run, lock_fd: int, log_file: Path, args) -> int:
+def _daemonize(run, lock_fd: int, log_file: Path) -> int:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:  # the parent: wait for the child's word
