@@ -163,3 +163,33 @@ def test_bad_input_is_a_clear_error(tmp_path, args, code, words):
 def test_token_without_url_is_a_clear_error():
     proc = run(["image", "list"], {"OS_AUTH_TOKEN": "t"}, check=False)
     assert proc.returncode == 2 and "OS_IMAGE_URL" in proc.stderr
+
+
+def test_progress_on_a_terminal(tmp_path):
+    import pty
+
+    src = tmp_path / "src"
+    src.write_bytes(random_bytes(3_000_000))
+    leader, follower = pty.openpty()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    proc = subprocess.run([sys.executable, "-m", "imagefs", "image", "create", "p", "--file",
+                           str(src), "--disk-format", "raw", "--container-format", "bare",
+                           "--store", str(tmp_path / "store"), "-f", "json"],
+                          stdout=subprocess.PIPE, stderr=follower, env=base, timeout=60)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert proc.returncode == 0
+    assert b"uploading" in shown and b"MiB" in shown
+    # and none when stderr is not a terminal
+    quiet = run(["image", "create", "q", "--file", str(src), "--disk-format", "raw",
+                 "--container-format", "bare", "--store", str(tmp_path / "store")])
+    assert quiet.stderr == ""

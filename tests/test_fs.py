@@ -253,3 +253,37 @@ def test_corrupt_disk_block_is_fetched_again(backend, tag, tmp_path):
     got, stats = run_fs(backend.api, ALICE, tmp_path, read_all)
     assert got == data
     assert stats["fetched_bytes"] == 64 * KiB and stats["disk_hits"] == 1
+
+
+def test_a_slow_fetch_stalls_neither_other_readers_nor_listings(glance_clean, tag, tmp_path):
+    api = API(GlanceDriver(glance_clean.url), retry=FAST_RETRY)
+    data = random_bytes(64 * KiB * 8)
+    image = make_image(api, ALICE, tag, data=data)
+
+    async def body(fs):
+        fh = await open_data(fs, image["id"])
+        assert await fs.read(fh, 0, 10) == data[:10]  # block 0 cached
+        glance_clean.faults(delay=2.0)  # every data GET now takes 2 s
+        timings = {}
+
+        async def slow():
+            start = time.monotonic()
+            other = await open_data(fs, image["id"])
+            assert await fs.read(other, 5 * 64 * KiB, 10) == data[5 * 64 * KiB:][:10]
+            timings["slow"] = time.monotonic() - start
+
+        async with trio.open_nursery() as n:
+            n.start_soon(slow)
+            await trio.sleep(0.2)  # the slow fetch is under way
+            start = time.monotonic()
+            assert await fs.read(fh, 100, 10) == data[100:110]
+            await trio.sleep(0.6)  # past list_ttl: the listing is fetched again
+            listed = time.monotonic()
+            assert image["id"] in await fs.listing()
+            timings["cached read"] = listed - 0.6 - start
+            timings["listing"] = time.monotonic() - listed
+        return timings
+
+    timings = run_fs(api, ALICE, tmp_path, body)
+    assert timings["slow"] >= 2.0
+    assert timings["cached read"] < 0.5 and timings["listing"] < 1.0, timings

@@ -238,6 +238,27 @@ def test_outage_answers_eio_within_the_deadline_and_recovers(mount, images, glan
     assert "EIO" in m.output()
 
 
+def test_image_deleted_while_mounted(mount, images, glance_clean):
+    api = images["api"]
+    data = random_bytes(4 * MiB)
+    image = make_image(api, ALICE, "deleted", data=data)["id"]
+    m = mount()
+    fd = os.open(m.image(image) / "data", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 100, 0) == data[:100]  # the first block is now cached
+        api.delete(ALICE, image)
+        time.sleep(1.5)  # past the mount's TTLs (1 s here)
+        with pytest.raises(FileNotFoundError):
+            os.stat(m.image(image))
+        assert image not in os.listdir(m.path)
+        assert os.pread(fd, 100, 0) == data[:100]  # cached: still served
+        with pytest.raises(OSError) as e:
+            os.pread(fd, 100, 3 * MiB)  # not cached: the image is gone
+        assert e.value.errno in (errno.ESTALE, errno.EIO)
+    finally:
+        os.close(fd)
+
+
 def test_writes_are_refused_and_missing_ids_are_enoent(mount, images):
     m = mount()
     image_dir = m.image(images["raw"])
