@@ -96,6 +96,18 @@ class Mount:
         self.path.rmdir()
 
 
+def prepare(m: Mount, glance: GlanceServer, image_id: str, drop: bool = True) -> None:
+    """Look the file up, drop the page cache, zero the server's counters."""
+    os.stat(m.data(image_id))
+    if drop:
+        drop_page_cache()
+    glance.reset()
+
+
+def new_cache(work: Path) -> Path:
+    return work / f"cache-{time.monotonic_ns()}"
+
+
 def make_sparse_qcow2(path: Path) -> None:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "20G"], check=True)
     cmds = []
@@ -141,11 +153,9 @@ def one_run(work: Path, glance: GlanceServer, images: dict, memory: str) -> dict
     drop_page_cache()
     r["curl_s"] = timed(["curl", "-sf", "-H", f"X-Auth-Token: {token}",
                          f"{glance.url}/v2/images/{raw}/file", "-o", "/dev/null"])
-    cache = work / f"cache-{time.monotonic_ns()}"
+    cache = new_cache(work)
     m = Mount(work, glance, cache, token, memory)
-    os.stat(m.data(raw))
-    drop_page_cache()
-    glance.reset()
+    prepare(m, glance, raw)
     r["cold_s"] = dd(m.data(raw))
     r["cold_server_bytes"] = glance.stats()["data_bytes"]
     r["peak_rss"] = m.peak_rss()
@@ -158,9 +168,7 @@ def one_run(work: Path, glance: GlanceServer, images: dict, memory: str) -> dict
 
     # disk-cache read: remount on the same cache dir
     m = Mount(work, glance, cache, token, memory)
-    os.stat(m.data(raw))
-    drop_page_cache()
-    glance.reset()
+    prepare(m, glance, raw)
     r["disk_s"] = dd(m.data(raw))
     r["disk_server_bytes"] = glance.stats()["data_bytes"]
     m.close()
@@ -169,21 +177,18 @@ def one_run(work: Path, glance: GlanceServer, images: dict, memory: str) -> dict
     shutil.rmtree(cache)
 
     # qemu-img info, cold
-    cache = work / f"cache-{time.monotonic_ns()}"
+    cache = new_cache(work)
     m = Mount(work, glance, cache, token, memory)
-    os.stat(m.data(images["qcow2"]))
-    glance.reset()
+    prepare(m, glance, images["qcow2"], drop=False)
     r["qemu_img_info_s"] = timed(["qemu-img", "info", str(m.data(images["qcow2"]))])
     r["qemu_img_info_bytes"] = glance.stats()["data_bytes"]
     m.close()
     shutil.rmtree(cache)
 
     # 4 readers at once, cold
-    cache = work / f"cache-{time.monotonic_ns()}"
+    cache = new_cache(work)
     m = Mount(work, glance, cache, token, memory)
-    os.stat(m.data(raw))
-    drop_page_cache()
-    glance.reset()
+    prepare(m, glance, raw)
     start = time.perf_counter()
     procs = [subprocess.Popen(["dd", f"if={m.data(raw)}", "of=/dev/null", "bs=1M"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -196,7 +201,7 @@ def one_run(work: Path, glance: GlanceServer, images: dict, memory: str) -> dict
     shutil.rmtree(cache)
 
     # ls -l of the root with the listing images (bob's project)
-    cache = work / f"cache-{time.monotonic_ns()}"
+    cache = new_cache(work)
     m = Mount(work, glance, cache, "bob-token", memory)
     glance.reset()
     r["ls_cold_s"] = timed(["ls", "-l", str(m.path)])
