@@ -170,6 +170,8 @@ class DiskCache:
                 if item is None:
                     return
                 self.store(*item)
+            except Exception:  # the writer must outlive any one block, or the queue jams
+                log.exception("disk cache: storing a block failed")
             finally:
                 self._queue.task_done()
 
