@@ -99,8 +99,9 @@ def _schema_errors():
 
 
 def _response_error(resp, what: str) -> Exception:
-    text = resp.text[:300].strip() if not resp.raw or resp.headers.get(
-        "Content-Type", "").startswith(("application/json", "text/")) else ""
+    """The error for a failed data GET; its body is quoted only if it is text."""
+    is_text = resp.headers.get("Content-Type", "").startswith(("application/json", "text/"))
+    text = resp.text[:300].strip() if is_text else ""
     return error_for_status(resp.status_code, f"{what}: {text or resp.reason}")
 
 
@@ -281,9 +282,9 @@ class GlanceDriver:
         if resp.status_code == 416:
             resp.close()
             return iter(())
-        return self._body(resp, image_id, offset, use_range)
+        return self._body(resp, image_id, offset)
 
-    def _body(self, resp, image_id, offset, used_range) -> Iterator[bytes]:
+    def _body(self, resp, image_id, offset) -> Iterator[bytes]:
         if resp.status_code == 204:
             resp.close()
             raise ImageNoData(f"image {image_id} has no data")
@@ -329,7 +330,7 @@ class GlanceDriver:
                 resp.close()
                 self._note_no_ranges(image_id)
                 return self.read(ctx, image_id, offset, length)
-            stream = self._body(resp, image_id, offset, True)
+            stream = self._body(resp, image_id, offset)
         parts, got = [], 0
         with contextlib.closing(stream):
             for chunk in stream:
