@@ -15,8 +15,9 @@ one of two ways:
   is too far ahead.  Stores that refuse ranges are read with a stream from
   the image's start that runs to the end.
 
-Blocking work runs in worker threads, at most ``fetch_threads`` at once,
-one thread hop per block or per stream, never per FUSE request.  A fetched
+Blocking work runs in worker threads: ranged reads at most ``fetch_threads``
+at once, one thread hop per block; each stream in a thread of its own (at
+most ``MAX_STREAMS`` per image); never a thread hop per FUSE request.  A fetched
 block must have exactly the expected length, or the read fails.
 
 Concurrency: ``_flights`` and ``_streams`` are touched on the trio thread
@@ -32,8 +33,6 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Callable
-
 import trio
 
 from .api import API
@@ -106,15 +105,13 @@ class _Stream:
 class BlockReader:
     def __init__(self, api: API, ctx: RequestContext, *, block_size: int, memory: MemoryCache,
                  disk: DiskCache | None, fetch_threads: int, read_deadline: float,
-                 nursery: trio.Nursery, max_fetch: int | None = None,
-                 on_fetch: Callable[[int], None] | None = None):
+                 nursery: trio.Nursery):
         self.api, self.ctx = api, ctx
         self.block_size = block_size
         self.memory, self.disk = memory, disk
         self.read_deadline = read_deadline
         self.nursery = nursery
         self.fetch_limiter = trio.CapacityLimiter(fetch_threads)
-        self.on_fetch = on_fetch
         self._flights: dict[BlockKey, _Flight] = {}
         self._streams: dict[str, list[_Stream]] = {}
         self.stats = {"fetched_blocks": 0, "fetched_bytes": 0, "disk_hits": 0,
@@ -238,8 +235,6 @@ class BlockReader:
 
     def _count_fetch(self, n: int) -> None:
         self.stats["fetched_bytes"] += n
-        if self.on_fetch:
-            self.on_fetch(n)
 
     # ---- streams ----------------------------------------------------------------------
     def _stream_near(self, image: ImageRef, index: int) -> _Stream | None:

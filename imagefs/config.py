@@ -35,10 +35,9 @@ class MountConfig:
     cache_size: int = 20 * GiB          # disk tier bound
     memory_cache: int = 256 * MiB       # memory tier bound
     block_size: int = 1 * MiB           # the cache's unit; qemu-img info reads ~1 block
-    max_fetch: int = 8 * MiB            # one ranged GET fetches up to this many bytes
     list_ttl: float = 30.0              # seconds a listing of images is trusted
     record_ttl: float = 30.0            # seconds an image's record is trusted
-    fetch_threads: int = 8              # ranged GETs in flight at once
+    fetch_threads: int = 8              # ranged GETs (random reads) in flight at once
     max_readahead: int = 64 * MiB       # the prefetch window's ceiling
     read_ahead_kb: int = 4096           # the kernel's per-mount readahead (0: leave as is)
     allow_other: bool = False

@@ -50,10 +50,8 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
                    help="memory cache bound (default 256M)")
     p.add_argument("--block-size", default="1M", metavar="SIZE",
                    help="cache block size (default 1M)")
-    p.add_argument("--max-fetch", default="8M", metavar="SIZE",
-                   help="largest single ranged read when reading ahead (default 8M)")
     p.add_argument("--fetch-threads", type=int, default=8, metavar="N",
-                   help="ranged reads in flight at once (default 8)")
+                   help="ranged reads (random access) in flight at once (default 8)")
     p.add_argument("--list-ttl", type=float, default=30.0, metavar="SECONDS",
                    help="how long a listing of images is trusted (default 30)")
     p.add_argument("--record-ttl", type=float, default=30.0, metavar="SECONDS",
@@ -75,8 +73,7 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
 def config_from_args(args) -> MountConfig:
     kwargs = dict(cache_size=parse_size(args.cache_size),
                   memory_cache=parse_size(args.memory_cache),
-                  block_size=parse_size(args.block_size), max_fetch=parse_size(args.max_fetch),
-                  fetch_threads=args.fetch_threads,
+                  block_size=parse_size(args.block_size), fetch_threads=args.fetch_threads,
                   list_ttl=args.list_ttl, record_ttl=args.record_ttl,
                   read_deadline=args.read_deadline, allow_other=args.allow_other)
     if args.cache_dir:
@@ -190,8 +187,7 @@ def serve(api, ctx, config: MountConfig, mountpoint: Path, ready) -> int:
         async with trio.open_nursery() as nursery:
             blocks = BlockReader(api, ctx, block_size=config.block_size, memory=memory,
                                  disk=disk, fetch_threads=config.fetch_threads,
-                                 read_deadline=config.read_deadline, nursery=nursery,
-                                 max_fetch=config.max_fetch)
+                                 read_deadline=config.read_deadline, nursery=nursery)
             fs = ImageFS(api, ctx, config, blocks)
             try:
                 pyfuse3.init(FuseOps(fs), str(mountpoint), options)

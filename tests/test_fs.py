@@ -25,7 +25,7 @@ KiB, MiB = 1 << 10, 1 << 20
 
 def run_fs(api, ctx, tmp_path, body, **overrides):
     """Run ``await body(fs)`` with a filesystem over ``api`` as ``ctx``."""
-    settings = dict(cache_dir=tmp_path / "cache", block_size=64 * KiB, max_fetch=256 * KiB,
+    settings = dict(cache_dir=tmp_path / "cache", block_size=64 * KiB,
                     memory_cache=1 * MiB, cache_size=64 * MiB, list_ttl=0.5, record_ttl=0.5,
                     read_deadline=5.0, retry=FAST_RETRY)
     settings.update(overrides)
@@ -37,8 +37,7 @@ def run_fs(api, ctx, tmp_path, body, **overrides):
             blocks = BlockReader(api, ctx, block_size=config.block_size,
                                  memory=MemoryCache(config.memory_cache), disk=disk,
                                  fetch_threads=config.fetch_threads,
-                                 read_deadline=config.read_deadline, nursery=nursery,
-                                 max_fetch=config.max_fetch)
+                                 read_deadline=config.read_deadline, nursery=nursery)
             fs = ImageFS(api, ctx, config, blocks)
             result = await body(fs)
             nursery.cancel_scope.cancel()
