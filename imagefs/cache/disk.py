@@ -9,7 +9,8 @@ none.  On load the header is checked against the key and the bytes against
 the crc; any fault deletes the file and counts as a miss.  The index (which
 blocks exist, in least-recently-used order) is rebuilt from the files' mtimes
 when the cache opens, so recency survives a remount; a hit touches the file's
-mtime.  Directories are 0700 and files 0600: only the mount's user reads them.
+mtime if it is more than a minute old (a touch is a journal write: a
+sequential read of a just-filled cache would otherwise pay one per block).  Directories are 0700 and files 0600: only the mount's user reads them.
 
 All methods are thread-safe and blocking: call them from worker threads.
 ``store_later`` queues a block for a writer thread of the cache's own (a
@@ -27,6 +28,7 @@ import os
 import queue
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from .keys import BlockKey
 log = logging.getLogger(__name__)
 
 _MAGIC = b"IMGFSBK1"
+_TOUCH_EVERY = 60.0  # seconds: recency on disk is kept to this precision
 _HEADER = struct.Struct("<8sII32s")
 
 
@@ -47,6 +50,7 @@ class DiskCache:
         self._lock = threading.Lock()
         self._index: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._bytes = 0
+        self._mtimes: dict[str, float] = {}  # when each file's mtime was last set
         self._subdirs: set[str] = set()
         self._queue: queue.Queue = queue.Queue(maxsize=16)
         self._writer: threading.Thread | None = None
@@ -75,8 +79,9 @@ class DiskCache:
                     st = entry.stat()
                     found.append((st.st_mtime_ns, entry.name, st.st_size))
         found.sort()
-        for _, digest, size in found:
+        for mtime_ns, digest, size in found:
             self._index[digest] = size
+            self._mtimes[digest] = mtime_ns / 1e9
             self._bytes += size
         log.info("disk cache %s: %d blocks, %.1f MiB", self.root, len(found), self._bytes / 2**20)
         self._evict()
@@ -96,6 +101,9 @@ class DiskCache:
             if digest not in self._index:
                 return None
             self._index.move_to_end(digest)
+            touch = time.time() - self._mtimes.get(digest, 0.0) > _TOUCH_EVERY
+            if touch:
+                self._mtimes[digest] = time.time()
         path = self._path(digest)
         data = None
         try:
@@ -110,7 +118,8 @@ class DiskCache:
                         data = os.pread(fd, length + 1, _HEADER.size)  # +1: no trailing bytes
                         if len(data) != length or zlib.crc32(data) != crc:
                             data = None
-                os.utime(fd)  # recency, for eviction after a remount too
+                if touch:
+                    os.utime(fd)  # recency, for eviction after a remount too
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -151,6 +160,7 @@ class DiskCache:
         with self._lock:
             self._bytes += size - self._index.pop(digest, 0)
             self._index[digest] = size
+            self._mtimes[digest] = time.time()
         self._evict()
 
     def store_later(self, key: BlockKey, data: bytes) -> None:
@@ -185,6 +195,7 @@ class DiskCache:
     def _forget(self, digest: str, unlink: bool = False) -> None:
         with self._lock:
             self._bytes -= self._index.pop(digest, 0)
+            self._mtimes.pop(digest, None)
         if unlink:
             with contextlib.suppress(OSError):
                 self._path(digest).unlink()
@@ -194,6 +205,7 @@ class DiskCache:
         with self._lock:
             while self._bytes > self.max_bytes and self._index:
                 digest, size = self._index.popitem(last=False)
+                self._mtimes.pop(digest, None)
                 self._bytes -= size
                 victims.append(digest)
         for digest in victims:
