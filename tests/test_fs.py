@@ -46,6 +46,13 @@ def run_fs(api, ctx, tmp_path, body, **overrides):
     return trio.run(main)
 
 
+def glance_image(glance, tag, size, timeout=30.0):
+    """An API on the test Glance, ``size`` random bytes, and alice's image of them."""
+    api = API(GlanceDriver(glance.url, timeout=timeout), retry=FAST_RETRY)
+    data = random_bytes(size)
+    return api, data, make_image(api, ALICE, tag, data=data)
+
+
 async def open_data(fs, image_id):
     d = await fs.lookup(ROOT_INODE, image_id)
     data = await fs.lookup(d.ino, DATA)
@@ -112,9 +119,7 @@ def test_random_reads_are_byte_exact(backend, tag, tmp_path):
 
 
 def test_one_fetch_per_block_however_many_readers(glance_clean, tag, tmp_path):
-    api = API(GlanceDriver(glance_clean.url), retry=FAST_RETRY)
-    data = random_bytes(64 * KiB * 4)
-    image = make_image(api, ALICE, tag, data=data)
+    api, data, image = glance_image(glance_clean, tag, 64 * KiB * 4)
 
     async def body(fs):
         handles = [await open_data(fs, image["id"]) for _ in range(20)]  # 20 readers
@@ -137,9 +142,7 @@ def test_one_fetch_per_block_however_many_readers(glance_clean, tag, tmp_path):
 
 
 def test_sequential_reads_fetch_ahead_in_large_requests(glance_clean, tag, tmp_path):
-    api = API(GlanceDriver(glance_clean.url), retry=FAST_RETRY)
-    data = random_bytes(64 * KiB * 32)
-    image = make_image(api, ALICE, tag, data=data)
+    api, data, image = glance_image(glance_clean, tag, 64 * KiB * 32)
 
     async def body(fs):
         fh = await open_data(fs, image["id"])
@@ -156,9 +159,7 @@ def test_sequential_reads_fetch_ahead_in_large_requests(glance_clean, tag, tmp_p
 
 
 def test_store_that_refuses_ranges_fills_blocks_by_streaming(glance_clean, tag, tmp_path):
-    api = API(GlanceDriver(glance_clean.url), retry=FAST_RETRY)
-    data = random_bytes(64 * KiB * 10 + 999)
-    image = make_image(api, ALICE, tag, data=data)
+    api, data, image = glance_image(glance_clean, tag, 64 * KiB * 10 + 999)
     glance_clean.faults(refuse_ranges=True)
 
     async def body(fs):
@@ -178,9 +179,7 @@ def test_store_that_refuses_ranges_fills_blocks_by_streaming(glance_clean, tag, 
 
 
 def test_outage_gives_an_error_within_the_deadline_then_recovers(glance_clean, tag, tmp_path):
-    api = API(GlanceDriver(glance_clean.url, timeout=2), retry=FAST_RETRY)
-    data = random_bytes(64 * KiB * 4)
-    image = make_image(api, ALICE, tag, data=data)
+    api, data, image = glance_image(glance_clean, tag, 64 * KiB * 4, timeout=2)
 
     async def body(fs):
         fh = await open_data(fs, image["id"])
@@ -255,9 +254,7 @@ def test_corrupt_disk_block_is_fetched_again(backend, tag, tmp_path):
 
 
 def test_a_slow_fetch_stalls_neither_other_readers_nor_listings(glance_clean, tag, tmp_path):
-    api = API(GlanceDriver(glance_clean.url), retry=FAST_RETRY)
-    data = random_bytes(64 * KiB * 8)
-    image = make_image(api, ALICE, tag, data=data)
+    api, data, image = glance_image(glance_clean, tag, 64 * KiB * 8)
 
     async def body(fs):
         fh = await open_data(fs, image["id"])
