@@ -1,12 +1,12 @@
 """The disk tier: one file per block under ``<cache dir>/blocks``, LRU-bounded.
 
-Each file is a 48-byte header and the block::
+Each file is a 52-byte header and the block::
 
-    magic "IMGFSBK1" | u32 length | u32 crc32 of the block | 32-byte sha256 of the key
+    magic "IMGFSBK2" | u32 length | u64 xxh3-64 of the block | 32-byte sha256 of the key
 
 written to ``tmp/`` and renamed into place, so a reader sees a whole block or
 none.  On load the header is checked against the key and the bytes against
-the crc; any fault deletes the file and counts as a miss.  The index (which
+the checksum; any fault deletes the file and counts as a miss.  The index (which
 blocks exist, in least-recently-used order) is rebuilt from the files' mtimes
 when the cache opens, so recency survives a remount; a hit touches the file's
 mtime if it is more than a minute old (a touch is a journal write: a
@@ -29,16 +29,21 @@ import queue
 import struct
 import threading
 import time
-import zlib
 from pathlib import Path
+
+import xxhash
 
 from .keys import BlockKey
 
 log = logging.getLogger(__name__)
 
-_MAGIC = b"IMGFSBK1"
+_MAGIC = b"IMGFSBK2"
+_OLD_MAGICS = (b"IMGFSBK1",)  # earlier formats: dropped quietly
 _TOUCH_EVERY = 60.0  # seconds: recency on disk is kept to this precision
-_HEADER = struct.Struct("<8sII32s")
+_HEADER = struct.Struct("<8sIQ32s")
+#: xxh3 rather than zlib.crc32: ~32 GB/s against ~3.5 on the test machine, and
+#: every byte of the disk tier is checked on each write and read.
+_checksum = xxhash.xxh3_64_intdigest
 
 
 class DiskCache:
@@ -105,7 +110,7 @@ class DiskCache:
             if touch:
                 self._mtimes[digest] = time.time()
         path = self._path(digest)
-        data = None
+        data, old_format = None, False
         try:
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -113,10 +118,12 @@ class DiskCache:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
                 header = os.pread(fd, _HEADER.size, 0)
                 if len(header) == _HEADER.size:
-                    magic, length, crc, key_hash = _HEADER.unpack(header)
-                    if magic == _MAGIC and key_hash == bytes.fromhex(digest):
+                    magic, length, checksum, key_hash = _HEADER.unpack(header)
+                    if magic in _OLD_MAGICS:
+                        old_format = True
+                    elif magic == _MAGIC and key_hash == bytes.fromhex(digest):
                         data = os.pread(fd, length + 1, _HEADER.size)  # +1: no trailing bytes
-                        if len(data) != length or zlib.crc32(data) != crc:
+                        if len(data) != length or _checksum(data) != checksum:
                             data = None
                 if touch:
                     os.utime(fd)  # recency, for eviction after a remount too
@@ -127,7 +134,10 @@ class DiskCache:
             self._forget(digest)
             return None
         if data is None:
-            log.warning("disk cache: block %s is corrupt; discarding it", path)
+            if old_format:
+                log.debug("disk cache: block %s is in an older format; discarding it", path)
+            else:
+                log.warning("disk cache: block %s is corrupt; discarding it", path)
             self._forget(digest, unlink=True)
         return data
 
@@ -136,7 +146,7 @@ class DiskCache:
         if self.max_bytes <= 0:
             return
         digest = key.digest()
-        header = _HEADER.pack(_MAGIC, len(data), zlib.crc32(data), bytes.fromhex(digest))
+        header = _HEADER.pack(_MAGIC, len(data), _checksum(data), bytes.fromhex(digest))
         path = self._path(digest)
         tmp = self.tmp / f"{digest}.{threading.get_ident()}"
         try:
