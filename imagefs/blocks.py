@@ -37,6 +37,7 @@ import trio
 
 from .api import API
 from .cache import BlockKey, DiskCache, MemoryCache
+from .cache.disk import GROUP_BLOCKS
 from .context import RequestContext
 from .errors import BackendUnavailable, ImagefsError
 
@@ -185,9 +186,7 @@ class BlockReader:
             if key in self.memory or key in self._flights:
                 first += 1
             elif self.disk is not None and key in self.disk:
-                flight = self._flights[key] = _Flight()
-                self.nursery.start_soon(self._fetch, image, first, flight)
-                first += 1
+                first += self._load_disk_run(image, first, limit)
             else:
                 stream = self._stream_near(image, first)
                 if stream is not None:
@@ -195,6 +194,44 @@ class BlockReader:
                 else:
                     self._open_stream(image, first, limit)
                 return
+
+    # ---- runs of blocks from the disk tier -------------------------------------------
+    def _load_disk_run(self, image: ImageRef, first: int, limit: int) -> int:
+        """Start loading the disk-cached blocks from ``first`` on (before ``limit``, in
+        one group file) with one read; returns how many."""
+        group = first // GROUP_BLOCKS
+        flights = []
+        index = first
+        while index < limit and index // GROUP_BLOCKS == group:
+            key = self.key(image, index)
+            if key in self.memory or key in self._flights or key not in self.disk:
+                break
+            flight = self._flights[key] = _Flight()
+            flights.append(flight)
+            index += 1
+        self.nursery.start_soon(self._load_run, image, first, flights)
+        return len(flights)
+
+    async def _load_run(self, image: ImageRef, first: int, flights: list[_Flight]) -> None:
+        """Fill ``flights`` (blocks ``first``...) from the disk tier; a block that is not
+        there after all is fetched.  Never raises."""
+        keys = [self.key(image, first + i) for i in range(len(flights))]
+        try:
+            found = await trio.to_thread.run_sync(self.disk.load_run, keys,
+                                                  limiter=self.fetch_limiter,
+                                                  abandon_on_cancel=True)
+        except Exception:  # load_run turns OSErrors into misses: this is a bug
+            log.exception("unexpected error loading blocks of image %s from disk", image.id)
+            found = [None] * len(keys)
+        for i, (key, flight, data) in enumerate(zip(keys, flights, found)):
+            if data is not None and len(data) == self.block_length(image, first + i):
+                self.stats["disk_hits"] += 1
+                self.memory.put(key, data)
+                flight.data = data
+                del self._flights[key]
+                flight.done.set()
+            else:
+                self.nursery.start_soon(self._fetch, image, first + i, flight)
 
     # ---- one block by a ranged read ---------------------------------------------------
     async def _fetch(self, image: ImageRef, index: int, flight: _Flight) -> None:

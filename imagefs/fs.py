@@ -274,8 +274,9 @@ class ImageFS:
             image = await self._image(image.id)
             self._handles[fh] = _Handle(image.ref, content=metadata_bytes(image.record))
             return fh, False
-        self._handles[fh] = _Handle(image.ref, Prefetcher(self.config.block_size,
-                                                          self.config.max_readahead))
+        # A window over half the memory tier would evict blocks before they are read.
+        window = min(self.config.max_readahead, self.config.memory_cache // 2)
+        self._handles[fh] = _Handle(image.ref, Prefetcher(self.config.block_size, window))
         return fh, True
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:

@@ -6,11 +6,12 @@ import os
 import stat
 
 from imagefs.cache import BlockKey, DiskCache, MemoryCache
+from imagefs.cache.disk import GROUP_BLOCKS, PAGE
 from imagefs.cache.keys import image_version
 
 
-def key(i, version="v1", image="img"):
-    return BlockKey(image, version, 1024, i)
+def key(i, version="v1", image="img", block_size=64 * 1024):
+    return BlockKey(image, version, block_size, i)
 
 
 def test_memory_tier_is_bounded_by_bytes_and_lru():
@@ -24,89 +25,132 @@ def test_memory_tier_is_bounded_by_bytes_and_lru():
 
 
 def test_disk_tier_round_trip_and_survives_reopen(tmp_path):
-    disk = DiskCache(tmp_path / "c", 10_000)
+    disk = DiskCache(tmp_path / "c", 1 << 20)
     disk.store(key(1), b"a" * 1000)
     assert disk.load(key(1)) == b"a" * 1000
     assert disk.load(key(2)) is None
-    again = DiskCache(tmp_path / "c", 10_000)
+    again = DiskCache(tmp_path / "c", 1 << 20)
     assert key(1) in again and again.load(key(1)) == b"a" * 1000
 
 
 def test_version_is_part_of_the_key(tmp_path):
-    disk = DiskCache(tmp_path / "c", 10_000)
+    disk = DiskCache(tmp_path / "c", 1 << 20)
     disk.store(key(1, "v1"), b"old")
     assert disk.load(key(1, "v2")) is None
     assert image_version({"os_hash_value": "abc", "checksum": "m"}) == "abc"
     assert image_version({"checksum": "m"}) == "m"
 
 
-def test_corrupt_block_is_a_miss_and_is_removed(tmp_path):
-    disk = DiskCache(tmp_path / "c", 10_000)
+def slot_of(disk, k):
+    """The group file of block ``k`` and the offset of its slot."""
+    return disk.path(k), disk.locate(k)[2]
+
+
+def patch(path, offset, data):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def test_corrupt_block_is_a_miss_and_only_that_block_is_dropped(tmp_path):
+    disk = DiskCache(tmp_path / "c", 1 << 20)
     disk.store(key(1), b"a" * 1000)
-    path = disk._path(key(1).digest())
-    raw = bytearray(path.read_bytes())
-    raw[-1] ^= 1
-    path.write_bytes(bytes(raw))
-    assert disk.load(key(1)) is None
-    assert not path.exists() and key(1) not in disk
     disk.store(key(2), b"b" * 1000)
-    path2 = disk._path(key(2).digest())
-    path2.write_bytes(path2.read_bytes()[:100])  # torn
-    assert disk.load(key(2)) is None
+    path, offset = slot_of(disk, key(1))
+    patch(path, offset + PAGE + 999, b"x")  # the block's last byte
+    assert disk.load(key(1)) is None
+    assert key(1) not in disk
+    assert disk.load(key(2)) == b"b" * 1000  # the same file's other slot is fine
+    disk.store(key(1), b"a" * 1000)  # fetched again: stored again
+    assert disk.load(key(1)) == b"a" * 1000
 
 
-def test_block_file_moved_under_another_key_is_a_miss(tmp_path):
-    disk = DiskCache(tmp_path / "c", 10_000)
+def test_torn_slot_is_a_miss(tmp_path):
+    disk = DiskCache(tmp_path / "c", 1 << 20)
+    disk.store(key(2), b"b" * 1000)
+    disk.store(key(3), b"c" * 1000)
+    path, offset = slot_of(disk, key(3))
+    os.truncate(path, offset + PAGE + 100)  # the last slot, cut short
+    assert disk.load(key(3)) is None
+    assert disk.load(key(2)) == b"b" * 1000
+
+
+def test_slot_copied_under_another_key_is_a_miss(tmp_path):
+    disk = DiskCache(tmp_path / "c", 1 << 20)
     disk.store(key(1), b"one")
     disk.store(key(2), b"two")
-    os.replace(disk._path(key(1).digest()), disk._path(key(2).digest()))
+    path, one = slot_of(disk, key(1))
+    _, two = slot_of(disk, key(2))
+    raw = path.read_bytes()
+    patch(path, two, raw[one:one + PAGE + 3])
     assert disk.load(key(2)) is None
 
 
-def test_disk_tier_evicts_least_recently_used(tmp_path):
+def test_slots_survive_reopen_and_holes_are_not_blocks(tmp_path):
+    disk = DiskCache(tmp_path / "c", 64 << 20)
+    kept = [0, 5, GROUP_BLOCKS - 1, GROUP_BLOCKS + 2]
+    for i in kept:
+        disk.store(key(i), bytes([i]) * 1000)
+    again = DiskCache(tmp_path / "c", 64 << 20)
+    assert [i for i in range(2 * GROUP_BLOCKS) if key(i) in again] == kept
+    assert again.load_run([key(i) for i in range(4, 8)]) == [None, b"\5" * 1000, None, None]
+    assert again.bytes_used == disk.bytes_used
+
+
+def test_disk_tier_evicts_least_recently_used_groups(tmp_path):
     probe = DiskCache(tmp_path / "probe", 1 << 20)
     probe.store(key(0), b"x" * 1000)
     disk = DiskCache(tmp_path / "c", 3 * probe.bytes_used)  # room for three blocks
-    for i in range(3):
-        disk.store(key(i), b"x" * 1000)
-    disk.load(key(0))
-    disk.store(key(3), b"y" * 1000)
-    assert key(1) not in disk and disk.load(key(1)) is None
-    assert disk.load(key(0)) is not None and disk.load(key(3)) is not None
+
+    def block(g):  # the first block of group g: one block per group
+        return key(g * GROUP_BLOCKS)
+    for g in range(3):
+        disk.store(block(g), b"x" * 1000)
+    disk.load(block(0))
+    disk.store(block(3), b"y" * 1000)
+    assert block(1) not in disk and disk.load(block(1)) is None
+    assert disk.load(block(0)) is not None and disk.load(block(3)) is not None
     assert disk.bytes_used <= disk.max_bytes
     files = [p for p in (tmp_path / "c" / "blocks").rglob("*") if p.is_file()]
     assert len(files) == 3
+    # Recency survives a remount (files' mtimes): the oldest group goes first.
+    os.utime(disk.path(block(3)), (1, 1))
+    again = DiskCache(tmp_path / "c", 2 * probe.bytes_used)
+    assert block(3) not in again and block(0) in again and block(2) in again
 
 
 def test_blocks_of_every_length_round_trip(tmp_path):
     disk = DiskCache(tmp_path / "c", 64 << 20)
-    for n in (0, 1, 4095, 4096, 4097, 65536, (1 << 20) - 1, 1 << 20):
+    for i, n in enumerate((0, 1, 4095, 4096, 4097, 65536, (1 << 20) - 1, 1 << 20)):
         data = os.urandom(n)
-        disk.store(key(n), data)
-        assert disk.load(key(n)) == data
+        disk.store(key(i, block_size=1 << 20), data)
+        assert disk.load(key(i, block_size=1 << 20)) == data
 
 
 def test_store_later_is_written_by_close(tmp_path):
     disk = DiskCache(tmp_path / "c", 64 << 20)
     for i in range(40):
-        disk.store_later(key(i), bytes([i]) * 5000)
+        disk.store_later(key(i), bytes([i]) * 1000)
     disk.close()
     again = DiskCache(tmp_path / "c", 64 << 20)
-    assert all(again.load(key(i)) == bytes([i]) * 5000 for i in range(40))
+    assert all(again.load(key(i)) == bytes([i]) * 1000 for i in range(40))
 
 
 def test_cache_files_are_private(tmp_path):
-    disk = DiskCache(tmp_path / "c", 10_000)
+    disk = DiskCache(tmp_path / "c", 1 << 20)
     disk.store(key(1), b"secret")
     assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "c" / "blocks").stat().st_mode) == 0o700
-    path = disk._path(key(1).digest())
+    path = disk.path(key(1))
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_leftover_temporary_files_are_cleaned(tmp_path):
-    DiskCache(tmp_path / "c", 10_000)
-    (tmp_path / "c" / "tmp" / "half").write_bytes(b"x")
-    DiskCache(tmp_path / "c", 10_000)
-    assert list((tmp_path / "c" / "tmp").iterdir()) == []
+def test_an_older_cache_layout_is_removed(tmp_path):
+    old = tmp_path / "c" / "blocks" / "ab"
+    old.mkdir(parents=True)
+    (old / ("ab" * 32)).write_bytes(b"IMGFSBK1")
+    (tmp_path / "c" / "tmp").mkdir()
+    disk = DiskCache(tmp_path / "c", 1 << 20)
+    assert not old.exists() and not (tmp_path / "c" / "tmp").exists()
+    assert disk.bytes_used == 0

@@ -1,16 +1,32 @@
-"""The disk tier: one file per block under ``<cache dir>/blocks``, LRU-bounded.
+"""The disk tier: blocks in group files under ``<cache dir>/blocks``, LRU-bounded.
 
-Each file is a 52-byte header and the block::
+Consecutive blocks of an image share a file: block ``i`` lives in group
+``i // GROUP_BLOCKS``, at slot ``i % GROUP_BLOCKS``::
 
-    magic "IMGFSBK2" | u32 length | u64 xxh3-64 of the block | 32-byte sha256 of the key
+    blocks/<sha256 of image id, version and block size>.<block size>/<group, hex>
 
-written to ``tmp/`` and renamed into place, so a reader sees a whole block or
-none.  On load the header is checked against the key and the bytes against
-the checksum; any fault deletes the file and counts as a miss.  The index (which
-blocks exist, in least-recently-used order) is rebuilt from the files' mtimes
-when the cache opens, so recency survives a remount; a hit touches the file's
-mtime if it is more than a minute old (a touch is a journal write: a
-sequential read of a just-filled cache would otherwise pay one per block).  Directories are 0700 and files 0600: only the mount's user reads them.
+Slot ``k`` starts at ``k * (PAGE + block size)``: a page for the header, then
+the block, so blocks sit on page boundaries::
+
+    magic "IMGFSBK3" | u32 length | u64 xxh3-64 of the block | 32-byte sha256 of the key
+
+A group file is sparse: slots never written are holes and read as zeros (no
+magic: a miss).  One file per group rather than per block: creating a file
+costs ext4 more CPU than writing 1 MiB into it (on a cold read that fills the
+cache, 0.4 s of CPU per GiB in groups against 1.4-3.0 s as files, measured),
+and a run of cached blocks is read back with one large read-ahead.
+
+A slot is written in place, without a rename: a torn or half-written slot
+fails its length or checksum and is a miss, and so is a slot whose header
+names another key.  A slot that fails is dropped from the index (the group
+file stays, for its other slots) and is written again when the block is next
+fetched.
+
+The index (which slots exist, and the groups in least-recently-used order) is
+rebuilt when the cache opens: groups by their files' mtimes, slots by
+``SEEK_DATA``/``SEEK_HOLE``.  A hit touches its group's mtime if it is more
+than a minute old.  Eviction removes whole groups, least recently used first.
+Directories are 0700 and files 0600: only the mount's user reads them.
 
 All methods are thread-safe and blocking: call them from worker threads.
 ``store_later`` queues a block for a writer thread of the cache's own (a
@@ -23,9 +39,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
+import errno
+import hashlib
 import logging
 import os
 import queue
+import shutil
 import struct
 import threading
 import time
@@ -37,140 +57,238 @@ from .keys import BlockKey
 
 log = logging.getLogger(__name__)
 
-_MAGIC = b"IMGFSBK2"
-_OLD_MAGICS = (b"IMGFSBK1",)  # earlier formats: dropped quietly
-_TOUCH_EVERY = 60.0  # seconds: recency on disk is kept to this precision
+#: Blocks per group file (16 MiB files with the default 1 MiB blocks).
+GROUP_BLOCKS = 16
+PAGE = 4096
+_MAGIC = b"IMGFSBK3"
 _HEADER = struct.Struct("<8sIQ32s")
+_PAD = bytes(PAGE - _HEADER.size)
+_TOUCH_EVERY = 60.0  # seconds: recency on disk is kept to this precision
 #: xxh3 rather than zlib.crc32: ~32 GB/s against ~3.5 on the test machine, and
 #: every byte of the disk tier is checked on each write and read.
 _checksum = xxhash.xxh3_64_intdigest
+
+
+def _image_dir(key: BlockKey) -> str:
+    text = f"{key.image_id}:{key.version}:{key.block_size}"
+    return f"{hashlib.sha256(text.encode()).hexdigest()[:40]}.{key.block_size}"
+
+
+@dataclasses.dataclass
+class _Group:
+    slots: set[int]
+    slot_size: int
+    touched: float  # when the file's mtime was last set
+
+    @property
+    def bytes(self) -> int:
+        return len(self.slots) * self.slot_size
 
 
 class DiskCache:
     def __init__(self, root: str | os.PathLike, max_bytes: int):
         self.root = Path(root)
         self.blocks = self.root / "blocks"
-        self.tmp = self.root / "tmp"
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._index: collections.OrderedDict[str, int] = collections.OrderedDict()
+        # (image dir, group) -> _Group, least recently used first
+        self._groups: collections.OrderedDict[tuple[str, int], _Group] = \
+            collections.OrderedDict()
         self._bytes = 0
-        self._mtimes: dict[str, float] = {}  # when each file's mtime was last set
-        self._subdirs: set[str] = set()
+        self._dirs: set[str] = set()
         self._queue: queue.Queue = queue.Queue(maxsize=16)
         self._writer: threading.Thread | None = None
         old = os.umask(0o077)
         try:
-            for d in (self.root, self.blocks, self.tmp):
+            for d in (self.root, self.blocks):
                 d.mkdir(mode=0o700, parents=True, exist_ok=True)
                 os.chmod(d, 0o700)
         finally:
             os.umask(old)
         self._scan()
 
-    def _path(self, digest: str) -> Path:
-        return self.blocks / digest[:2] / digest
+    # ---- where things are -----------------------------------------------------
+    @staticmethod
+    def locate(key: BlockKey) -> tuple[tuple[str, int], int, int]:
+        """``((image dir, group), slot, byte offset of the slot)`` of a block."""
+        group, slot = divmod(key.index, GROUP_BLOCKS)
+        return (_image_dir(key), group), slot, slot * (PAGE + key.block_size)
 
+    def path(self, key: BlockKey) -> Path:
+        """The group file that holds (or would hold) the block."""
+        (image_dir, group), _, _ = self.locate(key)
+        return self.blocks / image_dir / f"{group:x}"
+
+    # ---- the index ------------------------------------------------------------
     def _scan(self) -> None:
-        for leftover in self.tmp.iterdir():  # from a crash mid-write
-            with contextlib.suppress(OSError):
-                leftover.unlink()
+        for leftover in (self.root / "tmp",):  # an older version's layout
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
         found = []
         for sub in self.blocks.iterdir():
-            if not sub.is_dir():
+            name, _, block_size = sub.name.partition(".")
+            if not (sub.is_dir() and block_size.isdigit() and len(name) == 40):
+                log.info("disk cache: removing %s (an older cache format)", sub)
+                shutil.rmtree(sub, ignore_errors=True) if sub.is_dir() else sub.unlink()
                 continue
+            self._dirs.add(sub.name)
+            slot_size = PAGE + int(block_size)
             for entry in os.scandir(sub):
-                with contextlib.suppress(OSError):
-                    st = entry.stat()
-                    found.append((st.st_mtime_ns, entry.name, st.st_size))
-        found.sort()
-        for mtime_ns, digest, size in found:
-            self._index[digest] = size
-            self._mtimes[digest] = mtime_ns / 1e9
-            self._bytes += size
-        log.info("disk cache %s: %d blocks, %.1f MiB", self.root, len(found), self._bytes / 2**20)
+                with contextlib.suppress(OSError, ValueError):
+                    slots = self._slots_in(entry.path, slot_size)
+                    if slots:
+                        mtime = entry.stat().st_mtime
+                        found.append((mtime, (sub.name, int(entry.name, 16)),
+                                      _Group(slots, slot_size, mtime)))
+        found.sort(key=lambda f: f[0])
+        for _, where, group in found:
+            self._groups[where] = group
+            self._bytes += group.bytes
+        log.info("disk cache %s: %d groups, %.1f MiB", self.root, len(found), self._bytes / 2**20)
         self._evict()
+
+    @staticmethod
+    def _slots_in(path: str, slot_size: int) -> set[int]:
+        """The slots of a group file that hold data (holes are never-written slots)."""
+        slots: set[int] = set()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            offset = 0
+            while True:
+                try:
+                    data = os.lseek(fd, offset, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno == errno.ENXIO:  # no data past offset
+                        return slots
+                    raise
+                hole = os.lseek(fd, data, os.SEEK_HOLE)
+                # A slot counts if its header page is data; the load checks the rest.
+                slots.update(range(-(-data // slot_size), -(-hole // slot_size)))
+                offset = hole
+        finally:
+            os.close(fd)
 
     @property
     def bytes_used(self) -> int:
         return self._bytes
 
     def __contains__(self, key: BlockKey) -> bool:
+        where, slot, _ = self.locate(key)
         with self._lock:
-            return key.digest() in self._index
+            group = self._groups.get(where)
+            return group is not None and slot in group.slots
 
+    def _hit(self, where: tuple[str, int], slots: list[int]) -> tuple[list[bool], bool]:
+        """Which of ``slots`` are indexed; marks the group recently used.
+        Also whether its file's mtime is due a touch."""
+        with self._lock:
+            group = self._groups.get(where)
+            if group is None:
+                return [False] * len(slots), False
+            self._groups.move_to_end(where)
+            touch = time.time() - group.touched > _TOUCH_EVERY
+            if touch:
+                group.touched = time.time()
+            return [s in group.slots for s in slots], touch
+
+    def _forget(self, where: tuple[str, int], slot: int) -> None:
+        with self._lock:
+            group = self._groups.get(where)
+            if group is not None and slot in group.slots:
+                group.slots.discard(slot)
+                self._bytes -= group.slot_size
+
+    # ---- reading --------------------------------------------------------------
     def load(self, key: BlockKey) -> bytes | None:
         """The block, or None when it is absent or fails its checks."""
-        digest = key.digest()
-        with self._lock:
-            if digest not in self._index:
-                return None
-            self._index.move_to_end(digest)
-            touch = time.time() - self._mtimes.get(digest, 0.0) > _TOUCH_EVERY
-            if touch:
-                self._mtimes[digest] = time.time()
-        path = self._path(digest)
-        data, old_format = None, False
+        return self.load_run([key])[0]
+
+    def load_run(self, keys: list[BlockKey]) -> list[bytes | None]:
+        """Blocks of one group (consecutive keys of one image), with one read-ahead
+        of their slots; None for each that is absent or fails its checks."""
+        if not keys:
+            return []
+        where, first_slot, first_offset = self.locate(keys[0])
+        slot_size = PAGE + keys[0].block_size
+        slots = [first_slot + i for i in range(len(keys))]
+        assert all(self.locate(k)[:2] == (where, s) for k, s in zip(keys, slots))
+        present, touch = self._hit(where, slots)
+        out: list[bytes | None] = [None] * len(keys)
+        if not any(present):
+            return out
+        path = self.path(keys[0])
         try:
             fd = os.open(path, os.O_RDONLY)
-            try:
-                # One read-ahead of the whole file, rather than the kernel's slow start.
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-                header = os.pread(fd, _HEADER.size, 0)
-                if len(header) == _HEADER.size:
-                    magic, length, checksum, key_hash = _HEADER.unpack(header)
-                    if magic in _OLD_MAGICS:
-                        old_format = True
-                    elif magic == _MAGIC and key_hash == bytes.fromhex(digest):
-                        data = os.pread(fd, length + 1, _HEADER.size)  # +1: no trailing bytes
-                        if len(data) != length or _checksum(data) != checksum:
-                            data = None
-                if touch:
-                    os.utime(fd)  # recency, for eviction after a remount too
-            finally:
-                os.close(fd)
         except OSError as exc:
             log.warning("disk cache: cannot read %s (%s); treating as a miss", path, exc)
-            self._forget(digest)
-            return None
+            for slot in slots:
+                self._forget(where, slot)
+            return out
+        try:
+            # One read-ahead of the whole run, rather than the kernel's slow start.
+            os.posix_fadvise(fd, first_offset, len(keys) * slot_size, os.POSIX_FADV_WILLNEED)
+            for i, (key, slot) in enumerate(zip(keys, slots)):
+                if present[i]:
+                    out[i] = self._read_slot(fd, key, slot * slot_size, path)
+                    if out[i] is None:
+                        self._forget(where, slot)
+            if touch:
+                os.utime(fd)  # recency, for eviction after a remount too
+        except OSError as exc:
+            log.warning("disk cache: cannot read %s (%s); treating as a miss", path, exc)
+        finally:
+            os.close(fd)
+        return out
+
+    @staticmethod
+    def _read_slot(fd: int, key: BlockKey, offset: int, path: Path) -> bytes | None:
+        """The block in the slot at ``offset``, if it passes every check."""
+        header = os.pread(fd, _HEADER.size, offset)
+        if header.count(0) == len(header):
+            return None  # a hole: never written
+        data = None
+        if len(header) == _HEADER.size:
+            magic, length, checksum, key_hash = _HEADER.unpack(header)
+            if magic == _MAGIC and key_hash == key.digest() and length <= key.block_size:
+                data = os.pread(fd, length, offset + PAGE)
+                if len(data) != length or _checksum(data) != checksum:
+                    data = None
         if data is None:
-            if old_format:
-                log.debug("disk cache: block %s is in an older format; discarding it", path)
-            else:
-                log.warning("disk cache: block %s is corrupt; discarding it", path)
-            self._forget(digest, unlink=True)
+            log.warning("disk cache: the block at %d in %s is corrupt; dropping it",
+                        offset, path)
         return data
 
+    # ---- writing --------------------------------------------------------------
     def store(self, key: BlockKey, data: bytes) -> None:
-        """Write the block (atomically) and evict the least recently used over the bound."""
+        """Write the block into its slot and evict the least recently used over the bound."""
         if self.max_bytes <= 0:
             return
-        digest = key.digest()
-        header = _HEADER.pack(_MAGIC, len(data), _checksum(data), bytes.fromhex(digest))
-        path = self._path(digest)
-        tmp = self.tmp / f"{digest}.{threading.get_ident()}"
+        if len(data) > key.block_size:
+            raise ValueError(f"a block of {len(data)} bytes is over the block size")
+        where, slot, offset = self.locate(key)
+        header = _HEADER.pack(_MAGIC, len(data), _checksum(data), key.digest())
+        path = self.path(key)
         try:
-            if digest[:2] not in self._subdirs:
+            if where[0] not in self._dirs:
                 path.parent.mkdir(mode=0o700, exist_ok=True)
-                self._subdirs.add(digest[:2])
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                self._dirs.add(where[0])
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(header)
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+                os.pwritev(fd, [header, _PAD, data], offset)
+            finally:
+                os.close(fd)
         except OSError as exc:  # a full or broken cache disk costs speed, not reads
             log.warning("disk cache: cannot store a block in %s: %s", self.root, exc)
             return
-        size = len(header) + len(data)
+        slot_size = PAGE + key.block_size
         with self._lock:
-            self._bytes += size - self._index.pop(digest, 0)
-            self._index[digest] = size
-            self._mtimes[digest] = time.time()
+            group = self._groups.get(where)
+            if group is None:
+                group = self._groups[where] = _Group(set(), slot_size, time.time())
+            self._groups.move_to_end(where)
+            if slot not in group.slots:
+                group.slots.add(slot)
+                self._bytes += slot_size
         self._evict()
 
     def store_later(self, key: BlockKey, data: bytes) -> None:
@@ -202,24 +320,15 @@ class DiskCache:
             self._writer.join()
             self._writer = None
 
-    def _forget(self, digest: str, unlink: bool = False) -> None:
-        with self._lock:
-            self._bytes -= self._index.pop(digest, 0)
-            self._mtimes.pop(digest, None)
-        if unlink:
-            with contextlib.suppress(OSError):
-                self._path(digest).unlink()
-
     def _evict(self) -> None:
         victims = []
         with self._lock:
-            while self._bytes > self.max_bytes and self._index:
-                digest, size = self._index.popitem(last=False)
-                self._mtimes.pop(digest, None)
-                self._bytes -= size
-                victims.append(digest)
-        for digest in victims:
+            while self._bytes > self.max_bytes and self._groups:
+                where, group = self._groups.popitem(last=False)
+                self._bytes -= group.bytes
+                victims.append(where)
+        for image_dir, group in victims:
             with contextlib.suppress(OSError):
-                self._path(digest).unlink()
+                (self.blocks / image_dir / f"{group:x}").unlink()
         if victims:
-            log.debug("disk cache: evicted %d blocks", len(victims))
+            log.debug("disk cache: evicted %d groups", len(victims))

@@ -11,10 +11,10 @@ class BlockKey:
     block_size: int
     index: int
 
-    def digest(self) -> str:
-        """A stable file name for the disk tier."""
+    def digest(self) -> bytes:
+        """The key's sha256: the disk tier checks it in each block's header."""
         text = f"{self.image_id}:{self.version}:{self.block_size}:{self.index}"
-        return hashlib.sha256(text.encode()).hexdigest()
+        return hashlib.sha256(text.encode()).digest()
 
 
 def image_version(record: dict) -> str:
