@@ -213,25 +213,37 @@ class BlockReader:
         return len(flights)
 
     async def _load_run(self, image: ImageRef, first: int, flights: list[_Flight]) -> None:
-        """Fill ``flights`` (blocks ``first``...) from the disk tier; a block that is not
-        there after all is fetched.  Never raises."""
+        """Fill ``flights`` (blocks ``first``...) from the disk tier, each as soon as it
+        is read; a block that is not there after all is fetched.  Never raises."""
         keys = [self.key(image, first + i) for i in range(len(flights))]
-        try:
-            found = await trio.to_thread.run_sync(self.disk.load_run, keys,
-                                                  limiter=self.fetch_limiter,
-                                                  abandon_on_cancel=True)
-        except Exception:  # load_run turns OSErrors into misses: this is a bug
-            log.exception("unexpected error loading blocks of image %s from disk", image.id)
-            found = [None] * len(keys)
-        for i, (key, flight, data) in enumerate(zip(keys, flights, found)):
-            if data is not None and len(data) == self.block_length(image, first + i):
+        token = trio.lowlevel.current_trio_token()
+        done = [False] * len(keys)
+
+        def deliver(i: int, data: bytes | None) -> None:  # on the trio thread
+            done[i] = True
+            index, key, flight = first + i, keys[i], flights[i]
+            if data is not None and len(data) == self.block_length(image, index):
                 self.stats["disk_hits"] += 1
                 self.memory.put(key, data)
                 flight.data = data
                 del self._flights[key]
                 flight.done.set()
             else:
-                self.nursery.start_soon(self._fetch, image, first + i, flight)
+                self.nursery.start_soon(self._fetch, image, index, flight)
+
+        def work() -> None:  # in a worker thread
+            for i, data in enumerate(self.disk.iter_run(keys)):
+                token.run_sync_soon(deliver, i, data)
+
+        try:
+            await trio.to_thread.run_sync(work, limiter=self.fetch_limiter,
+                                          abandon_on_cancel=True)
+        except Exception:  # iter_run turns OSErrors into misses: this is a bug
+            log.exception("unexpected error loading blocks of image %s from disk", image.id)
+        # Deliveries queued before the thread returned have run by now.
+        for i in range(len(keys)):
+            if not done[i]:
+                deliver(i, None)
 
     # ---- one block by a ranged read ---------------------------------------------------
     async def _fetch(self, image: ImageRef, index: int, flight: _Flight) -> None:

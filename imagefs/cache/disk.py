@@ -49,6 +49,7 @@ import shutil
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import xxhash
@@ -204,41 +205,52 @@ class DiskCache:
         return self.load_run([key])[0]
 
     def load_run(self, keys: list[BlockKey]) -> list[bytes | None]:
-        """Blocks of one group (consecutive keys of one image), with one read-ahead
-        of their slots; None for each that is absent or fails its checks."""
+        """Blocks of one group (consecutive keys of one image); see ``iter_run``."""
+        return list(self.iter_run(keys))
+
+    def iter_run(self, keys: list[BlockKey]) -> Iterator[bytes | None]:
+        """Blocks of one group (consecutive keys of one image), one by one as they
+        are read, after one read-ahead of all their slots; None for each that is
+        absent or fails its checks."""
         if not keys:
-            return []
+            return
         where, first_slot, first_offset = self.locate(keys[0])
         slot_size = PAGE + keys[0].block_size
         slots = [first_slot + i for i in range(len(keys))]
         assert all(self.locate(k)[:2] == (where, s) for k, s in zip(keys, slots))
         present, touch = self._hit(where, slots)
-        out: list[bytes | None] = [None] * len(keys)
-        if not any(present):
-            return out
-        path = self.path(keys[0])
+        fd = None
+        if any(present):
+            path = self.path(keys[0])
+            try:
+                fd = os.open(path, os.O_RDONLY)
+                # One read-ahead of the whole run, rather than the kernel's slow start.
+                os.posix_fadvise(fd, first_offset, len(keys) * slot_size,
+                                 os.POSIX_FADV_WILLNEED)
+                if touch:
+                    os.utime(fd)  # recency, for eviction after a remount too
+            except OSError as exc:
+                log.warning("disk cache: cannot read %s (%s); treating as a miss", path, exc)
+                for slot in slots:
+                    self._forget(where, slot)
+                if fd is not None:
+                    os.close(fd)
+                fd = None
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            log.warning("disk cache: cannot read %s (%s); treating as a miss", path, exc)
-            for slot in slots:
-                self._forget(where, slot)
-            return out
-        try:
-            # One read-ahead of the whole run, rather than the kernel's slow start.
-            os.posix_fadvise(fd, first_offset, len(keys) * slot_size, os.POSIX_FADV_WILLNEED)
-            for i, (key, slot) in enumerate(zip(keys, slots)):
-                if present[i]:
-                    out[i] = self._read_slot(fd, key, slot * slot_size, path)
-                    if out[i] is None:
+            for key, slot, indexed in zip(keys, slots, present):
+                data = None
+                if fd is not None and indexed:
+                    try:
+                        data = self._read_slot(fd, key, slot * slot_size, path)
+                    except OSError as exc:
+                        log.warning("disk cache: cannot read %s (%s); treating as a miss",
+                                    path, exc)
+                    if data is None:
                         self._forget(where, slot)
-            if touch:
-                os.utime(fd)  # recency, for eviction after a remount too
-        except OSError as exc:
-            log.warning("disk cache: cannot read %s (%s); treating as a miss", path, exc)
+                yield data
         finally:
-            os.close(fd)
-        return out
+            if fd is not None:
+                os.close(fd)
 
     @staticmethod
     def _read_slot(fd: int, key: BlockKey, offset: int, path: Path) -> bytes | None:
