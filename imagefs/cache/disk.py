@@ -125,12 +125,15 @@ class DiskCache:
         for leftover in (self.root / "tmp",):  # an older version's layout
             if leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
-        found = []
+        found, stale = [], 0
         for sub in self.blocks.iterdir():
             name, _, block_size = sub.name.partition(".")
             if not (sub.is_dir() and block_size.isdigit() and len(name) == 40):
-                log.info("disk cache: removing %s (an older cache format)", sub)
-                shutil.rmtree(sub, ignore_errors=True) if sub.is_dir() else sub.unlink()
+                stale += 1  # an older version's layout
+                if sub.is_dir():
+                    shutil.rmtree(sub, ignore_errors=True)
+                else:
+                    sub.unlink()
                 continue
             self._dirs.add(sub.name)
             slot_size = PAGE + int(block_size)
@@ -145,6 +148,9 @@ class DiskCache:
         for _, where, group in found:
             self._groups[where] = group
             self._bytes += group.bytes
+        if stale:
+            log.info("disk cache %s: removed %d entries of an older cache format",
+                     self.root, stale)
         log.info("disk cache %s: %d groups, %.1f MiB", self.root, len(found), self._bytes / 2**20)
         self._evict()
 
