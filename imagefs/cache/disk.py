@@ -122,9 +122,7 @@ class DiskCache:
 
     # ---- the index ------------------------------------------------------------
     def _scan(self) -> None:
-        for leftover in (self.root / "tmp",):  # an older version's layout
-            if leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
+        shutil.rmtree(self.root / "tmp", ignore_errors=True)  # an older version's layout
         found, stale = [], 0
         for sub in self.blocks.iterdir():
             name, _, block_size = sub.name.partition(".")
@@ -144,6 +142,8 @@ class DiskCache:
                         mtime = entry.stat().st_mtime
                         found.append((mtime, (sub.name, int(entry.name, 16)),
                                       _Group(slots, slot_size, mtime)))
+                    else:
+                        os.unlink(entry.path)  # nothing in it (its blocks were dropped)
         found.sort(key=lambda f: f[0])
         for _, where, group in found:
             self._groups[where] = group
