@@ -5,8 +5,12 @@ follows one open file.  Its ``frontier`` is the furthest end any read has
 reached; a read that starts near the frontier (within ``slack``, behind or
 ahead) continues the sequence, so the interleaved offsets of a reader with
 several requests in flight (qemu keeps up to 8) still count as sequential.
-While reads stay sequential the window doubles, from two blocks up to
-``max_window``; a read elsewhere (a seek) resets it to nothing.
+While reads stay sequential the window doubles, from four blocks up to
+``max_window``; a read elsewhere (a seek) resets it to nothing.  Nothing is
+asked for until the sequence has covered a block: the kernel's readahead
+turns a few small metadata reads (``qemu-img info`` on a qcow2: three reads,
+84 KiB, all in the first block) into a short sequence, and a stream opened
+for it would fetch data that nobody reads.
 
 It asks for data ahead in batches: only when what has already been asked
 for (``ahead``) runs less than half a window past the frontier does it ask
@@ -24,6 +28,7 @@ class Prefetcher:
         # qemu: 8 requests of up to 1 MiB in flight; the kernel: readahead batches.
         self.slack = slack if slack is not None else max(8 << 20, 2 * block_size)
         self.frontier: int | None = None
+        self.start = 0  # where the current sequence began
         self.window = 0
         self.ahead = 0  # the end of what has been asked for so far
 
@@ -34,10 +39,14 @@ class Prefetcher:
         sequential = (self.frontier is not None
                       and self.frontier - self.slack <= offset <= self.frontier + self.slack)
         if not sequential:
-            self.window, self.frontier, self.ahead = 0, end, end
+            self.window, self.frontier, self.ahead, self.start = 0, end, end, offset
             return (end, end)
-        self.window = min(max(2 * self.window, 4 * self.block_size), self.max_window)
         self.frontier = max(self.frontier, end)
+        self.start = min(self.start, offset)
+        if self.frontier - self.start < self.block_size:
+            self.ahead = max(self.ahead, self.frontier)
+            return (self.ahead, self.ahead)
+        self.window = min(max(2 * self.window, 4 * self.block_size), self.max_window)
         if self.ahead - self.frontier >= self.window // 2:
             return (self.ahead, self.ahead)
         start = max(self.ahead, self.frontier)
