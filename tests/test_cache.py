@@ -6,7 +6,7 @@ import os
 import stat
 
 from imagefs.cache import BlockKey, DiskCache, MemoryCache
-from imagefs.cache.disk import GROUP_BLOCKS, PAGE
+from imagefs.cache.disk import GROUP_BLOCKS
 from imagefs.cache.keys import image_version
 
 
@@ -42,8 +42,9 @@ def test_version_is_part_of_the_key(tmp_path):
 
 
 def slot_of(disk, k):
-    """The group file of block ``k`` and the offset of its slot."""
-    return disk.path(k), disk.locate(k)[2]
+    """The group file of block ``k``, where its bytes start and where its header is."""
+    _, slot = disk.locate(k)
+    return disk.path(k), slot * k.block_size, GROUP_BLOCKS * k.block_size + slot * 64
 
 
 def patch(path, offset, data):
@@ -56,21 +57,22 @@ def test_corrupt_block_is_a_miss_and_only_that_block_is_dropped(tmp_path):
     disk = DiskCache(tmp_path / "c", 1 << 20)
     disk.store(key(1), b"a" * 1000)
     disk.store(key(2), b"b" * 1000)
-    path, offset = slot_of(disk, key(1))
-    patch(path, offset + PAGE + 999, b"x")  # the block's last byte
+    path, data_at, _ = slot_of(disk, key(1))
+    patch(path, data_at + 999, b"x")  # the block's last byte
     assert disk.load(key(1)) is None
     assert key(1) not in disk
+    assert key(1) not in DiskCache(tmp_path / "c", 1 << 20)  # dropped for good
     assert disk.load(key(2)) == b"b" * 1000  # the same file's other slot is fine
     disk.store(key(1), b"a" * 1000)  # fetched again: stored again
     assert disk.load(key(1)) == b"a" * 1000
 
 
-def test_torn_slot_is_a_miss(tmp_path):
+def test_half_written_block_is_a_miss(tmp_path):
     disk = DiskCache(tmp_path / "c", 1 << 20)
     disk.store(key(2), b"b" * 1000)
     disk.store(key(3), b"c" * 1000)
-    path, offset = slot_of(disk, key(3))
-    os.truncate(path, offset + PAGE + 100)  # the last slot, cut short
+    path, data_at, _ = slot_of(disk, key(3))
+    patch(path, data_at + 100, bytes(900))  # as if the write stopped at byte 100
     assert disk.load(key(3)) is None
     assert disk.load(key(2)) == b"b" * 1000
 
@@ -79,10 +81,11 @@ def test_slot_copied_under_another_key_is_a_miss(tmp_path):
     disk = DiskCache(tmp_path / "c", 1 << 20)
     disk.store(key(1), b"one")
     disk.store(key(2), b"two")
-    path, one = slot_of(disk, key(1))
-    _, two = slot_of(disk, key(2))
+    path, one, one_header = slot_of(disk, key(1))
+    _, two, two_header = slot_of(disk, key(2))
     raw = path.read_bytes()
-    patch(path, two, raw[one:one + PAGE + 3])
+    patch(path, two, raw[one:one + 3])
+    patch(path, two_header, raw[one_header:one_header + 64])
     assert disk.load(key(2)) is None
 
 

@@ -16,7 +16,7 @@ from imagefs import errors
 from imagefs.api import API
 from imagefs.blocks import BlockReader
 from imagefs.cache import DiskCache, MemoryCache
-from imagefs.cache.disk import GROUP_BLOCKS, PAGE
+from imagefs.cache.disk import GROUP_BLOCKS
 from imagefs.config import MountConfig
 from imagefs.drivers.glance import GlanceDriver
 from imagefs.fs import DATA, METADATA, ROOT_INODE, FsError, ImageFS, metadata_bytes
@@ -249,7 +249,7 @@ def test_corrupt_disk_block_is_fetched_again(backend, tag, tmp_path):
     files = [p for p in (tmp_path / "cache" / "blocks").rglob("*") if p.is_file()]
     assert len(files) == 1  # both blocks in one group file
     raw = bytearray(files[0].read_bytes())
-    raw[PAGE + 100] ^= 0xFF  # a byte of the first block
+    raw[100] ^= 0xFF  # a byte of the first block
     files[0].write_bytes(bytes(raw))
     got, stats = run_fs(backend.api, ALICE, tmp_path, read_all)
     assert got == data
@@ -271,7 +271,7 @@ def test_a_remount_reads_disk_runs_and_refetches_only_a_corrupt_block(backend, t
     bad = GROUP_BLOCKS + 4
     group = next(p for p in (tmp_path / "cache" / "blocks").rglob("1") if p.is_file())
     with open(group, "r+b") as f:
-        f.seek(4 * (PAGE + 64 * KiB) + PAGE + 7)
+        f.seek(4 * 64 * KiB + 7)  # in its fifth block
         byte = f.read(1)[0]
         f.seek(-1, 1)
         f.write(bytes([byte ^ 1]))
