@@ -17,6 +17,10 @@ run:
   ls -l             the root with N images, cold and warm: API calls, time
   memory            peak RSS of the daemon during the cold read vs its memory cache
 
+It also reports the CPU seconds per GiB of the daemon, dd and Glance during
+the cold read, and of curl and Glance during the baseline: with Glance on
+the same machine, the cold read is bound by CPU.
+
 Prints a table of medians (min-max) and writes the same as JSON.  Needs root
 (to drop the page cache and to mount).
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -46,6 +51,7 @@ from imagefs.context import RequestContext  # noqa: E402
 from imagefs.drivers.glance import GlanceDriver  # noqa: E402
 
 MiB = 1 << 20
+GiB = 1 << 30
 ALICE = RequestContext(auth_token="alice-token")
 BOB = RequestContext(auth_token="bob-token")
 WARM_PAIRS = 5
@@ -60,6 +66,24 @@ def timed(cmd: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_cpu(cmd: list[str], *pids: int) -> tuple[float, float, list[float]]:
+    """Seconds, the command's CPU seconds, and those of ``pids`` meanwhile."""
+    before, child = [cpu_seconds(p) for p in pids], children_cpu()
+    seconds = timed(cmd)
+    return seconds, children_cpu() - child, [cpu_seconds(p) - b for p, b in zip(pids, before)]
 
 
 def dd(path: Path) -> float:
@@ -153,12 +177,14 @@ def one_run(work: Path, glance: GlanceServer, images: dict, memory: str) -> dict
 
     # cold sequential: curl baseline, then a fresh mount
     drop_page_cache()
-    r["curl_s"] = timed(["curl", "-sf", "-H", f"X-Auth-Token: {token}",
-                         f"{glance.url}/v2/images/{raw}/file", "-o", "/dev/null"])
+    r["curl_s"], r["curl_cpu"], (r["curl_glance_cpu"],) = timed_cpu(
+        ["curl", "-sf", "-H", f"X-Auth-Token: {token}", f"{glance.url}/v2/images/{raw}/file",
+         "-o", "/dev/null"], glance.proc.pid)
     cache = new_cache(work)
     m = Mount(work, glance, cache, token, memory)
     prepare(m, glance, raw)
-    r["cold_s"] = dd(m.data(raw))
+    r["cold_s"], r["cold_dd_cpu"], (r["cold_glance_cpu"], r["cold_daemon_cpu"]) = timed_cpu(
+        ["dd", f"if={m.data(raw)}", "of=/dev/null", "bs=1M"], glance.proc.pid, m.proc.pid)
     r["cold_server_bytes"] = glance.stats()["data_bytes"]
     r["peak_rss"] = m.peak_rss()
 
@@ -236,6 +262,10 @@ def summarize(runs: list[dict], images: dict, memory: int, listing: int, page_si
     out = {
         "cold_vs_curl": ratio("cold_s", "curl_s"),
         "cold_MiBps": stat([size / MiB / r["cold_s"] for r in runs]),
+        # CPU seconds per GiB: where a CPU-bound cold read's time goes
+        **{f"{k}_per_GiB": stat([r[k] * GiB / size for r in runs])
+           for k in ("curl_cpu", "curl_glance_cpu", "cold_dd_cpu", "cold_glance_cpu",
+                     "cold_daemon_cpu")},
         "curl_MiBps": stat([size / MiB / r["curl_s"] for r in runs]),
         "warm_vs_local_warm": ratio("warm_s", "local_warm_s"),
         "warm_MiBps": stat([size / MiB / r["warm_s"] for r in runs]),
@@ -274,6 +304,9 @@ def print_table(s: dict) -> None:
     rows = [
         ("cold sequential", f(s["cold_vs_curl"]) + " x curl",
          f"{f(s['cold_MiBps'], '{:.0f}')} MiB/s vs curl {f(s['curl_MiBps'], '{:.0f}')}"),
+        ("cold CPU-s/GiB", f(s["cold_daemon_cpu_per_GiB"]) + " daemon",
+         f"dd {f(s['cold_dd_cpu_per_GiB'])}, Glance {f(s['cold_glance_cpu_per_GiB'])}; "
+         f"curl run: curl {f(s['curl_cpu_per_GiB'])}, Glance {f(s['curl_glance_cpu_per_GiB'])}"),
         ("warm sequential", f(s["warm_vs_local_warm"]) + " x local",
          f"{f(s['warm_MiBps'], '{:.0f}')} MiB/s"),
         ("disk-cache read", f(s["disk_vs_local_cold"]) + " x local",
