@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import logging
+import mmap
 import os
 import stat
+
+import pytest
 
 from imagefs.cache import BlockKey, DiskCache, MemoryCache
 from imagefs.cache.disk import GROUP_BLOCKS
@@ -122,12 +128,76 @@ def test_disk_tier_evicts_least_recently_used_groups(tmp_path):
     assert block(3) not in again and block(0) in again and block(2) in again
 
 
-def test_blocks_of_every_length_round_trip(tmp_path):
-    disk = DiskCache(tmp_path / "c", 64 << 20)
+def _drop_file_pages(disk: DiskCache, k: BlockKey) -> None:
+    """Make the next read of the block's group file come from the disk."""
+    fd = os.open(disk.path(k), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "page_cache"])
+def test_blocks_of_every_length_round_trip(tmp_path, direct):
+    disk = DiskCache(tmp_path / "c", 64 << 20, direct=direct)
+    blocks = {}
+    # a short block is padded to 4 KiB on an O_DIRECT write: its neighbours stay intact
     for i, n in enumerate((0, 1, 4095, 4096, 4097, 65536, (1 << 20) - 1, 1 << 20)):
-        data = os.urandom(n)
+        blocks[key(i, block_size=1 << 20)] = data = os.urandom(n)
         disk.store(key(i, block_size=1 << 20), data)
-        assert disk.load(key(i, block_size=1 << 20)) == data
+    _drop_file_pages(disk, key(0, block_size=1 << 20))
+    again = DiskCache(tmp_path / "c", 64 << 20)
+    assert all(again.load(k) == data for k, data in blocks.items())
+
+
+def test_block_data_is_written_around_the_page_cache(tmp_path):
+    disk = DiskCache(tmp_path / "c", 64 << 20)
+    data = os.urandom(1 << 20)
+    disk.store(key(0, block_size=1 << 20), data)
+    if not disk._direct:
+        pytest.skip(f"{tmp_path} does not take O_DIRECT")
+    fd = os.open(disk.path(key(0, block_size=1 << 20)), os.O_RDONLY)
+    try:  # no page of the block's bytes is cached: mincore through a mapping
+        with mmap.mmap(fd, 1 << 20, flags=mmap.MAP_PRIVATE) as m:
+            assert _resident_pages(m) == 0
+    finally:
+        os.close(fd)
+    assert disk.load(key(0, block_size=1 << 20)) == data
+
+
+def _resident_pages(m: mmap.mmap) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    pages = (len(m) + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * pages)()
+    start = ctypes.c_char.from_buffer(m)  # no page is touched: only its address is taken
+    try:
+        if libc.mincore(ctypes.c_void_p(ctypes.addressof(start)), ctypes.c_size_t(len(m)),
+                        vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+    finally:
+        del start
+    return sum(v & 1 for v in vec)
+
+
+def test_a_filesystem_without_o_direct_is_written_through_the_page_cache(
+        tmp_path, monkeypatch, caplog):
+    real_open = os.open
+
+    def no_direct(path, flags, *args):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    disk = DiskCache(tmp_path / "c", 64 << 20)
+    with caplog.at_level(logging.INFO, logger="imagefs.cache.disk"):
+        for i in range(3):
+            disk.store(key(i), bytes([i + 1]) * 5000)
+    assert not disk._direct
+    assert [r.message for r in caplog.records].count(
+        next(r.message for r in caplog.records if "O_DIRECT" in r.message)) == 1
+    assert all(disk.load(key(i)) == bytes([i + 1]) * 5000 for i in range(3))
 
 
 def test_store_later_is_written_by_close(tmp_path):

@@ -19,6 +19,13 @@ read that fills the cache, 0.4 s of CPU per GiB in groups against 1.4-3.0 s
 as files, measured), and a run of cached blocks is read back with one large
 read-ahead.
 
+A block is written with ``O_DIRECT`` (from a page-aligned buffer of the
+writing thread's, padded to 4 KiB) where the filesystem takes it, its header
+through the page cache.  A cold read that fills the cache then does not also
+copy every block into the page cache: on the test machine that copy cost
+more CPU than anything else in the daemon (a cold 1 GiB read with Glance's
+store in the page cache: 1.2-1.6 s, against 2.6-3.2 s buffered).
+
 A slot is written in place (block, then header), without a rename: a torn
 or half-written slot fails its length or checksum and is a miss, and so is a
 slot whose header names another key.  A slot that fails has its header
@@ -42,8 +49,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import logging
+import mmap
 import os
 import queue
 import shutil
@@ -65,6 +74,7 @@ _MAGIC = b"IMGFSBK4"
 _HEADER = struct.Struct("<8sI4xQ32s")  # 56 bytes, each in a 64-byte entry of the trailer
 _ENTRY = 64
 _TRAILER = GROUP_BLOCKS * _ENTRY
+_ALIGN = 4096  # O_DIRECT: offsets, lengths and memory in multiples of this
 _TOUCH_EVERY = 60.0  # seconds: recency on disk is kept to this precision
 #: xxh3 rather than zlib.crc32: ~32 GB/s against ~3.5 on the test machine, and
 #: every byte of the disk tier is checked on each write and read.
@@ -88,8 +98,10 @@ class _Group:
 
 
 class DiskCache:
-    def __init__(self, root: str | os.PathLike, max_bytes: int):
+    def __init__(self, root: str | os.PathLike, max_bytes: int, *, direct: bool = True):
         self.root = Path(root)
+        self._direct = direct  # cleared if the filesystem refuses O_DIRECT
+        self._buffers = threading.local()
         self.blocks = self.root / "blocks"
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
@@ -289,9 +301,9 @@ class DiskCache:
             if where[0] not in self._dirs:
                 path.parent.mkdir(mode=0o700, exist_ok=True)
                 self._dirs.add(where[0])
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            self._write_block(path, data, slot * bs, bs)
+            fd = os.open(path, os.O_WRONLY)
             try:
-                os.pwrite(fd, data, slot * bs)
                 os.pwrite(fd, header, GROUP_BLOCKS * bs + slot * _ENTRY)
             finally:
                 os.close(fd)
@@ -307,6 +319,51 @@ class DiskCache:
                 group.slots.add(slot)
                 self._bytes += bs
         self._evict()
+
+    def _write_block(self, path: Path, data: bytes, offset: int, block_size: int) -> None:
+        """Write a block's bytes into its slot: with ``O_DIRECT`` where the cache's
+        filesystem takes it, otherwise through the page cache."""
+        if self._direct and block_size % _ALIGN == 0:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._no_direct(exc)
+            else:
+                try:
+                    padded = -(-len(data) // _ALIGN) * _ALIGN  # the slot has room for it
+                    buf = self._aligned_buffer(padded)
+                    buf[:len(data)] = data
+                    buf[len(data):padded] = bytes(padded - len(data))
+                    with memoryview(buf) as view:
+                        os.pwrite(fd, view[:padded], offset)
+                    return
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    self._no_direct(exc)
+                finally:
+                    os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
+
+    def _aligned_buffer(self, size: int) -> mmap.mmap:
+        """This thread's page-aligned buffer of at least ``size`` bytes, kept for reuse
+        (``O_DIRECT`` needs aligned memory; a bytes object's is not)."""
+        buf = getattr(self._buffers, "buf", None)
+        if buf is None or len(buf) < size:
+            buf = self._buffers.buf = mmap.mmap(-1, size)
+        return buf
+
+    def _no_direct(self, exc: OSError) -> None:
+        if self._direct:
+            log.info("disk cache: %s refuses O_DIRECT writes (%s); writing through the "
+                     "page cache", self.root, exc)
+        self._direct = False
 
     def store_later(self, key: BlockKey, data: bytes) -> None:
         """``store`` in the cache's writer thread; waits only while 16 blocks are queued."""
