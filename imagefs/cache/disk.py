@@ -38,7 +38,7 @@ removes whole groups, least recently used first.  Directories are 0700 and
 files 0600: only the mount's user reads them.
 
 All methods are thread-safe and blocking: call them from worker threads.
-``store_later`` queues a block for a writer thread of the cache's own (a
+``store_later`` queues a block for the cache's own writer threads (a
 bounded queue: a full one makes the caller wait), so that a stream reading
 from the network does not also wait for the disk; ``close`` writes what is
 queued before the mount exits.
@@ -74,6 +74,9 @@ _MAGIC = b"IMGFSBK4"
 _HEADER = struct.Struct("<8sI4xQ32s")  # 56 bytes, each in a 64-byte entry of the trailer
 _ENTRY = 64
 _TRAILER = GROUP_BLOCKS * _ENTRY
+#: Threads writing queued blocks: two O_DIRECT writes in flight kept a cold read
+#: ahead of one (1.59-1.88 s against 1.86-2.82 s for 1 GiB, alternating).
+WRITERS = 2
 _ALIGN = 4096  # O_DIRECT: offsets, lengths and memory in multiples of this
 _TOUCH_EVERY = 60.0  # seconds: recency on disk is kept to this precision
 #: xxh3 rather than zlib.crc32: ~32 GB/s against ~3.5 on the test machine, and
@@ -98,7 +101,8 @@ class _Group:
 
 
 class DiskCache:
-    def __init__(self, root: str | os.PathLike, max_bytes: int, *, direct: bool = True):
+    def __init__(self, root: str | os.PathLike, max_bytes: int, *, direct: bool = True,
+                 writers: int = WRITERS):
         self.root = Path(root)
         self._direct = direct  # cleared if the filesystem refuses O_DIRECT
         self._buffers = threading.local()
@@ -111,7 +115,8 @@ class DiskCache:
         self._bytes = 0
         self._dirs: set[str] = set()
         self._queue: queue.Queue = queue.Queue(maxsize=16)
-        self._writer: threading.Thread | None = None
+        self.writers = writers
+        self._writers: list[threading.Thread] = []
         old = os.umask(0o077)
         try:
             for d in (self.root, self.blocks):
@@ -366,13 +371,15 @@ class DiskCache:
         self._direct = False
 
     def store_later(self, key: BlockKey, data: bytes) -> None:
-        """``store`` in the cache's writer thread; waits only while 16 blocks are queued."""
+        """``store`` in a writer thread; waits only while 16 blocks are queued."""
         if self.max_bytes <= 0:
             return
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._write_queued, name="imagefs-disk-writer",
-                                            daemon=True)
-            self._writer.start()
+        if not self._writers:
+            self._writers = [threading.Thread(target=self._write_queued, daemon=True,
+                                              name=f"imagefs-disk-writer-{i}")
+                             for i in range(self.writers)]
+            for thread in self._writers:
+                thread.start()
         self._queue.put((key, data))
 
     def _write_queued(self) -> None:
@@ -388,11 +395,12 @@ class DiskCache:
                 self._queue.task_done()
 
     def close(self) -> None:
-        """Write every queued block and stop the writer thread."""
-        if self._writer is not None:
+        """Write every queued block and stop the writer threads."""
+        for _ in self._writers:
             self._queue.put(None)
-            self._writer.join()
-            self._writer = None
+        for thread in self._writers:
+            thread.join()
+        self._writers = []
 
     def _evict(self) -> None:
         victims = []
