@@ -93,14 +93,15 @@ def dd(path: Path) -> float:
 
 
 class Mount:
-    def __init__(self, work: Path, glance: GlanceServer, cache: Path, token: str, memory: str):
+    def __init__(self, work: Path, glance: GlanceServer, cache: Path, token: str, memory: str,
+                 *extra: str):
         self.path = work / f"mnt-{time.monotonic_ns()}"
         self.path.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
         env.update(OS_AUTH_TOKEN=token, OS_IMAGE_URL=glance.url)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "imagefs", "mount", str(self.path), "--foreground",
-             "--cache-dir", str(cache), "--memory-cache", memory, "-v"],
+             "--cache-dir", str(cache), "--memory-cache", memory, "-v", *extra],
             env=env, stderr=open(work / "mount.log", "a"))
         deadline = time.monotonic() + 30
         while not os.path.ismount(self.path):
@@ -201,6 +202,14 @@ def one_run(work: Path, glance: GlanceServer, images: dict, memory: str) -> dict
     r["warm_s"], r["local_warm_s"] = statistics.median(warm), statistics.median(local)
     m.close()
 
+    # the cold read again with no disk tier: what filling it costs (not a target)
+    nodisk = new_cache(work)
+    m = Mount(work, glance, nodisk, token, memory, "--cache-size", "0")
+    prepare(m, glance, raw)
+    r["cold_nodisk_s"] = dd(m.data(raw))
+    m.close()
+    shutil.rmtree(nodisk, ignore_errors=True)
+
     # disk-cache read: remount on the same cache dir; baseline a local file, both
     # after dropping the page cache.  The disk's speed here drifts by 2x within
     # minutes, so take the median of DISK_PAIRS, alternating, a fresh mount each.
@@ -270,6 +279,7 @@ def summarize(runs: list[dict], images: dict, memory: int, listing: int, page_si
     out = {
         "cold_vs_curl": ratio("cold_s", "curl_s"),
         "cold_MiBps": stat([size / MiB / r["cold_s"] for r in runs]),
+        "cold_nodisk_vs_curl": ratio("cold_nodisk_s", "curl_s"),
         # CPU seconds per GiB: where a CPU-bound cold read's time goes
         **{f"{k}_per_GiB": stat([r[k] * GiB / size for r in runs])
            for k in ("curl_cpu", "curl_glance_cpu", "cold_dd_cpu", "cold_glance_cpu",
@@ -315,6 +325,8 @@ def print_table(s: dict) -> None:
         ("cold CPU-s/GiB", f(s["cold_daemon_cpu_per_GiB"]) + " daemon",
          f"dd {f(s['cold_dd_cpu_per_GiB'])}, Glance {f(s['cold_glance_cpu_per_GiB'])}; "
          f"curl run: curl {f(s['curl_cpu_per_GiB'])}, Glance {f(s['curl_glance_cpu_per_GiB'])}"),
+        ("  no disk tier", f(s["cold_nodisk_vs_curl"]) + " x curl",
+         "the same cold read with --cache-size 0 (not a target)"),
         ("warm sequential", f(s["warm_vs_local_warm"]) + " x local",
          f"{f(s['warm_MiBps'], '{:.0f}')} MiB/s"),
         ("disk-cache read", f(s["disk_vs_local_cold"]) + " x local",
