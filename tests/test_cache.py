@@ -227,3 +227,16 @@ def test_an_older_cache_layout_is_removed(tmp_path):
     disk = DiskCache(tmp_path / "c", 1 << 20)
     assert not old.exists() and not (tmp_path / "c" / "tmp").exists()
     assert disk.bytes_used == 0
+
+
+def test_a_short_write_leaves_no_block(tmp_path, monkeypatch):
+    """A full cache disk can write part of a block: that block is not cached."""
+    disk = DiskCache(tmp_path / "c", 64 << 20)
+    real_pwrite = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: real_pwrite(
+        fd, memoryview(data)[:len(data) // 2], offset))
+    disk.store(key(0), b"z" * 8192)
+    monkeypatch.undo()
+    assert key(0) not in disk and disk.load(key(0)) is None
+    again = DiskCache(tmp_path / "c", 64 << 20)
+    assert key(0) not in again and again.load(key(0)) is None

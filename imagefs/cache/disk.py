@@ -84,6 +84,12 @@ _TOUCH_EVERY = 60.0  # seconds: recency on disk is kept to this precision
 _checksum = xxhash.xxh3_64_intdigest
 
 
+def _write_all(fd: int, data, offset: int) -> None:
+    """``pwrite`` that fails rather than leave a slot short (a full disk)."""
+    if os.pwrite(fd, data, offset) != len(data):
+        raise OSError(errno.ENOSPC, "short write")
+
+
 def _image_dir(key: BlockKey) -> str:
     text = f"{key.image_id}:{key.version}:{key.block_size}"
     return f"{hashlib.sha256(text.encode()).hexdigest()[:40]}.{key.block_size}"
@@ -309,7 +315,7 @@ class DiskCache:
             self._write_block(path, data, slot * bs, bs)
             fd = os.open(path, os.O_WRONLY)
             try:
-                os.pwrite(fd, header, GROUP_BLOCKS * bs + slot * _ENTRY)
+                _write_all(fd, header, GROUP_BLOCKS * bs + slot * _ENTRY)
             finally:
                 os.close(fd)
         except OSError as exc:  # a full or broken cache disk costs speed, not reads
@@ -342,7 +348,7 @@ class DiskCache:
                     buf[:len(data)] = data
                     buf[len(data):padded] = bytes(padded - len(data))
                     with memoryview(buf) as view:
-                        os.pwrite(fd, view[:padded], offset)
+                        _write_all(fd, view[:padded], offset)
                     return
                 except OSError as exc:
                     if exc.errno != errno.EINVAL:
@@ -352,7 +358,7 @@ class DiskCache:
                     os.close(fd)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
-            os.pwrite(fd, data, offset)
+            _write_all(fd, data, offset)
         finally:
             os.close(fd)
 
@@ -374,12 +380,13 @@ class DiskCache:
         """``store`` in a writer thread; waits only while 16 blocks are queued."""
         if self.max_bytes <= 0:
             return
-        if not self._writers:
-            self._writers = [threading.Thread(target=self._write_queued, daemon=True,
-                                              name=f"imagefs-disk-writer-{i}")
-                             for i in range(self.writers)]
-            for thread in self._writers:
-                thread.start()
+        with self._lock:  # several streams may queue their first blocks at once
+            if not self._writers:
+                self._writers = [threading.Thread(target=self._write_queued, daemon=True,
+                                                  name=f"imagefs-disk-writer-{i}")
+                                 for i in range(self.writers)]
+                for thread in self._writers:
+                    thread.start()
         self._queue.put((key, data))
 
     def _write_queued(self) -> None:
