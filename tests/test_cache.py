@@ -8,6 +8,7 @@ import logging
 import mmap
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -240,3 +241,14 @@ def test_a_short_write_leaves_no_block(tmp_path, monkeypatch):
     assert key(0) not in disk and disk.load(key(0)) is None
     again = DiskCache(tmp_path / "c", 64 << 20)
     assert key(0) not in again and again.load(key(0)) is None
+
+
+def test_writer_threads_carry_their_name_in_the_os(tmp_path):
+    disk = DiskCache(tmp_path / "c", 64 << 20)
+    disk.store_later(key(0), b"x" * 100)
+    try:
+        names = {(p / "comm").read_text().strip()
+                 for p in Path(f"/proc/{os.getpid()}/task").iterdir()}
+    finally:
+        disk.close()
+    assert {"imagefs-disk-w0", "imagefs-disk-w1"} <= names
