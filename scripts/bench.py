@@ -19,8 +19,9 @@ run:
   memory            peak RSS of the daemon during the cold read vs its memory cache
 
 It also reports the CPU seconds per GiB of the daemon, dd and Glance during
-the cold read, and of curl and Glance during the baseline: with Glance on
-the same machine, the cold read is bound by CPU.
+the cold read, and of curl and Glance during the baseline (Glance shares the
+machine's two cores with the reader), and the same cold read with no disk
+tier (--cache-size 0): what filling the cache costs.
 
 Prints a table of medians (min-max) and writes the same as JSON.  Needs root
 (to drop the page cache and to mount).

@@ -24,7 +24,7 @@ writing thread's, padded to 4 KiB) where the filesystem takes it, its header
 through the page cache.  A cold read that fills the cache then does not also
 copy every block into the page cache: on the test machine that copy cost
 more CPU than anything else in the daemon (a cold 1 GiB read with Glance's
-store in the page cache: 1.2-1.6 s, against 2.6-3.2 s buffered).
+store in the page cache: 1.3-1.7 s, against 2.6-3.2 s buffered).
 
 A slot is written in place (block, then header), without a rename: a torn
 or half-written slot fails its length or checksum and is a miss, and so is a
