@@ -342,7 +342,7 @@ class DiskCache:
     def _write_block(self, path: Path, data: bytes, offset: int, block_size: int) -> None:
         """Write a block's bytes into its slot: with ``O_DIRECT`` where the cache's
         filesystem takes it, otherwise through the page cache."""
-        if self._direct and block_size % _ALIGN == 0:
+        if self._direct and block_size % _ALIGN == 0 and data:  # (no empty mapping)
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
             except OSError as exc:
