@@ -206,8 +206,7 @@ def test_a_filesystem_without_o_direct_is_written_through_the_page_cache(
         for i in range(3):
             disk.store(key(i), bytes([i + 1]) * 5000)
     assert not disk._direct
-    assert [r.message for r in caplog.records].count(
-        next(r.message for r in caplog.records if "O_DIRECT" in r.message)) == 1
+    assert sum("O_DIRECT" in r.message for r in caplog.records) == 1
     assert all(disk.load(key(i)) == bytes([i + 1]) * 5000 for i in range(3))
 
 

@@ -85,10 +85,15 @@ _TOUCH_EVERY = 60.0  # seconds: recency on disk is kept to this precision
 _checksum = xxhash.xxh3_64_intdigest
 
 
-def _write_all(fd: int, data, offset: int) -> None:
-    """``pwrite`` that fails rather than leave a slot short (a full disk)."""
-    if os.pwrite(fd, data, offset) != len(data):
-        raise OSError(errno.ENOSPC, "short write")
+def _write_at(path: Path, data, offset: int, flags: int = 0) -> None:
+    """Write all of ``data`` at ``offset`` of the file opened ``O_WRONLY | flags``;
+    a short write (a full disk) fails rather than leave a slot part written."""
+    fd = os.open(path, os.O_WRONLY | flags, 0o600)
+    try:
+        if os.pwrite(fd, data, offset) != len(data):
+            raise OSError(errno.ENOSPC, "short write")
+    finally:
+        os.close(fd)
 
 
 def _name_os_thread(name: str) -> None:
@@ -299,11 +304,7 @@ class DiskCache:
         self._forget(where, slot)
         block_size = int(where[0].rpartition(".")[2])
         with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.pwrite(fd, bytes(_ENTRY), GROUP_BLOCKS * block_size + slot * _ENTRY)
-            finally:
-                os.close(fd)
+            _write_at(path, bytes(_ENTRY), GROUP_BLOCKS * block_size + slot * _ENTRY)
 
     # ---- writing --------------------------------------------------------------
     def store(self, key: BlockKey, data: bytes) -> None:
@@ -321,11 +322,7 @@ class DiskCache:
                 path.parent.mkdir(mode=0o700, exist_ok=True)
                 self._dirs.add(where[0])
             self._write_block(path, data, slot * bs, bs)
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                _write_all(fd, header, GROUP_BLOCKS * bs + slot * _ENTRY)
-            finally:
-                os.close(fd)
+            _write_at(path, header, GROUP_BLOCKS * bs + slot * _ENTRY)
         except OSError as exc:  # a full or broken cache disk costs speed, not reads
             log.warning("disk cache: cannot store a block in %s: %s", self.root, exc)
             return
@@ -343,32 +340,19 @@ class DiskCache:
         """Write a block's bytes into its slot: with ``O_DIRECT`` where the cache's
         filesystem takes it, otherwise through the page cache."""
         if self._direct and block_size % _ALIGN == 0 and data:  # (no empty mapping)
+            padded = -(-len(data) // _ALIGN) * _ALIGN  # the slot has room for it
+            buf = self._aligned_buffer(padded)
+            buf[:len(data)] = data
+            buf[len(data):padded] = bytes(padded - len(data))
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
-            except OSError as exc:
+                with memoryview(buf) as view:
+                    _write_at(path, view[:padded], offset, os.O_CREAT | os.O_DIRECT)
+                return
+            except OSError as exc:  # EINVAL: refused, at the open or at the write
                 if exc.errno != errno.EINVAL:
                     raise
                 self._no_direct(exc)
-            else:
-                try:
-                    padded = -(-len(data) // _ALIGN) * _ALIGN  # the slot has room for it
-                    buf = self._aligned_buffer(padded)
-                    buf[:len(data)] = data
-                    buf[len(data):padded] = bytes(padded - len(data))
-                    with memoryview(buf) as view:
-                        _write_all(fd, view[:padded], offset)
-                    return
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:
-                        raise
-                    self._no_direct(exc)
-                finally:
-                    os.close(fd)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            _write_all(fd, data, offset)
-        finally:
-            os.close(fd)
+        _write_at(path, data, offset, os.O_CREAT)
 
     def _aligned_buffer(self, size: int) -> mmap.mmap:
         """This thread's page-aligned buffer of at least ``size`` bytes, kept for reuse
