@@ -89,8 +89,12 @@ def timed_cpu(cmd: list[str], *pids: int) -> tuple[float, float, list[float]]:
     return seconds, children_cpu() - child, [cpu_seconds(p) - b for p, b in zip(pids, before)]
 
 
+def dd_cmd(path: Path) -> list[str]:
+    return ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
+
+
 def dd(path: Path) -> float:
-    return timed(["dd", f"if={path}", "of=/dev/null", "bs=1M"])
+    return timed(dd_cmd(path))
 
 
 class Mount:
@@ -188,7 +192,7 @@ def one_run(work: Path, glance: GlanceServer, images: dict, memory: str) -> dict
     m = Mount(work, glance, cache, token, memory)
     prepare(m, glance, raw)
     r["cold_s"], r["cold_dd_cpu"], (r["cold_glance_cpu"], r["cold_daemon_cpu"]) = timed_cpu(
-        ["dd", f"if={m.data(raw)}", "of=/dev/null", "bs=1M"], glance.proc.pid, m.proc.pid)
+        dd_cmd(m.data(raw)), glance.proc.pid, m.proc.pid)
     r["cold_server_bytes"] = glance.stats()["data_bytes"]
     r["peak_rss"] = m.peak_rss()
 
@@ -281,7 +285,7 @@ def summarize(runs: list[dict], images: dict, memory: int, listing: int, page_si
         "cold_vs_curl": ratio("cold_s", "curl_s"),
         "cold_MiBps": stat([size / MiB / r["cold_s"] for r in runs]),
         "cold_nodisk_vs_curl": ratio("cold_nodisk_s", "curl_s"),
-        # CPU seconds per GiB: where a CPU-bound cold read's time goes
+        # CPU seconds per GiB: where a cold read's CPU goes, Glance's included
         **{f"{k}_per_GiB": stat([r[k] * GiB / size for r in runs])
            for k in ("curl_cpu", "curl_glance_cpu", "cold_dd_cpu", "cold_glance_cpu",
                      "cold_daemon_cpu")},
