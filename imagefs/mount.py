@@ -35,6 +35,7 @@ from .connect import ServiceOptions, describe, open_api
 from .errors import ConfigError, ImagefsError
 from .fs import ImageFS
 from .fuse_ops import FuseOps
+from .malloc import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ def _daemonize(run, lock_fd: int, log_file: Path) -> int:
 def serve(api, ctx, config: MountConfig, mountpoint: Path, ready) -> int:
     """Mount and serve until unmounted or signalled; 0 after a clean unmount."""
     faulthandler.enable()
+    keep_freed_memory(config.block_size, config.memory_cache)
     options = set(pyfuse3.default_options) | {"fsname=imagefs", "subtype=imagefs", "ro"}
     if config.allow_other:
         options.add("allow_other")

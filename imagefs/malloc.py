@@ -1,0 +1,67 @@
+"""The daemon keeps the memory it frees, for the next block.
+
+Every block read passes through a fresh buffer of block size (1 MiB): a
+chunk off the network, a slot read from the disk tier.  glibc's malloc gives
+buffers that large their own ``mmap`` and returns them to the kernel when
+they are freed (above ``M_MMAP_THRESHOLD``, or off the top of a heap above
+``M_TRIM_THRESHOLD``), so every block lands in pages the process has not
+touched before.  On the virtual machines we measured on, touching new pages
+is slow: writing 1 GiB into fresh pages took 0.61-0.74 s, into pages already
+touched 0.06 s.  So the daemon asks malloc to serve block-sized buffers from
+its heap and to keep what is freed there: the memory cache's evicted blocks
+become the next blocks' buffers.
+
+One arena rather than one per thread: a block is allocated in one thread (a
+stream's, a worker's) and freed in another (the trio thread, on eviction),
+and freed memory stays in the arena it came from; with one arena the heap
+holds at most the blocks alive at once, not that many per arena.  The arena
+lock costs little: the daemon's threads take the GIL for every allocation of
+this size anyway.
+
+Measured (1 GiB from the disk tier, alternating, same hour): 0.77 s median
+against 0.84-0.86 s in two sets of 6 and 8 pairs (daemon CPU ticks 83-85
+against 88-96).  On a cold read the gain was within the noise: 1.33-1.72 s
+against 1.66-1.93 s in one set of 4 pairs, no difference in a noisier one.
+Peak RSS grows by 10-15 MiB (the heap keeps what it once held).
+
+Only glibc has ``mallopt``; elsewhere this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+
+# <malloc.h>
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+
+#: The largest value glibc takes for M_MMAP_THRESHOLD on 64-bit (32 MiB).
+_MMAP_THRESHOLD_MAX = 32 << 20
+
+
+def keep_freed_memory(block_size: int, keep: int) -> bool:
+    """Serve buffers up to a few blocks from the heap, and let up to ``keep`` bytes
+    of freed memory stay there.  Call it before the daemon starts threads.
+    Returns whether malloc took the settings."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    threshold = min(max(4 * block_size, 4 << 20), _MMAP_THRESHOLD_MAX)
+    ok = all(mallopt(param, value) == 1 for param, value in (
+        (M_ARENA_MAX, 1),
+        (M_MMAP_THRESHOLD, threshold),
+        (M_TRIM_THRESHOLD, min(keep, 2**31 - 1)),
+    ))
+    if ok:
+        log.debug("malloc: buffers under %d MiB from the heap; keeping up to %d MiB freed",
+                  threshold >> 20, keep >> 20)
+    else:
+        log.info("malloc refused a setting: freed block memory goes back to the kernel")
+    return ok
