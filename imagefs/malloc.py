@@ -1,15 +1,17 @@
 """The daemon keeps the memory it frees, for the next block.
 
 Every block read passes through a fresh buffer of block size (1 MiB): a
-chunk off the network, a slot read from the disk tier.  glibc's malloc gives
-buffers that large their own ``mmap`` and returns them to the kernel when
-they are freed (above ``M_MMAP_THRESHOLD``, or off the top of a heap above
-``M_TRIM_THRESHOLD``), so every block lands in pages the process has not
-touched before.  On the virtual machines we measured on, touching new pages
-is slow: writing 1 GiB into fresh pages took 0.61-0.74 s, into pages already
-touched 0.06 s.  So the daemon asks malloc to serve block-sized buffers from
-its heap and to keep what is freed there: the memory cache's evicted blocks
-become the next blocks' buffers.
+chunk off the network, a slot read from the disk tier.  With glibc's
+defaults such a buffer gets an ``mmap`` of its own until the first one is
+freed; after that they come from the heap, but whatever lies free at the top
+of a heap beyond twice the block size goes back to the kernel.  Either way
+blocks keep landing in pages the process has not touched before, and on the
+virtual machines we measured on (they report freed pages to the host),
+touching new pages is slow: writing 1 GiB into fresh pages took 0.61-0.74 s,
+into pages already touched 0.06 s.  So the daemon asks malloc to serve
+block-sized buffers from its heap and to keep up to the memory cache's size
+of freed memory there: the memory cache's evicted blocks become the next
+blocks' buffers.
 
 One arena rather than one per thread: a block is allocated in one thread (a
 stream's, a worker's) and freed in another (the trio thread, on eviction),
@@ -19,8 +21,8 @@ lock costs little: the daemon's threads take the GIL for every allocation of
 this size anyway.
 
 Measured (1 GiB from the disk tier, alternating, same hour): 0.77 s median
-against 0.84-0.86 s in two sets of 6 and 8 pairs (daemon CPU ticks 83-85
-against 88-96).  On a cold read the gain was within the noise: 1.33-1.72 s
+against 0.84-0.86 s in two sets of 6 and 8 pairs (daemon CPU 0.83-0.85 s
+against 0.88-0.96 s).  On a cold read the gain was within the noise: 1.33-1.72 s
 against 1.66-1.93 s in one set of 4 pairs, no difference in a noisier one.
 Peak RSS grows by 10-15 MiB (the heap keeps what it once held).
 
