@@ -56,10 +56,11 @@ def keep_freed_memory(block_size: int, keep: int) -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     threshold = min(max(4 * block_size, 4 << 20), _MMAP_THRESHOLD_MAX)
+    keep = min(max(keep, 4 * threshold), 2**31 - 1)  # a tiny memory cache: still no churn
     ok = all(mallopt(param, value) == 1 for param, value in (
         (M_ARENA_MAX, 1),
         (M_MMAP_THRESHOLD, threshold),
-        (M_TRIM_THRESHOLD, min(keep, 2**31 - 1)),
+        (M_TRIM_THRESHOLD, keep),
     ))
     if ok:
         log.debug("malloc: buffers under %d MiB from the heap; keeping up to %d MiB freed",
