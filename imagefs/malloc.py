@@ -32,7 +32,6 @@ Only glibc has ``mallopt``; elsewhere this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -50,9 +49,9 @@ def keep_freed_memory(block_size: int, keep: int) -> bool:
     """Serve buffers up to a few blocks from the heap, and let up to ``keep`` bytes
     of freed memory stay there.  Call it before the daemon starts threads.
     Returns whether malloc took the settings."""
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError, TypeError):
+    try:  # the C library already loaded (as disk.py's prctl): no ldconfig run at start-up
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     threshold = min(max(4 * block_size, 4 << 20), _MMAP_THRESHOLD_MAX)
