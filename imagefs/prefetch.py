@@ -1,54 +1,85 @@
 """Sequential detection and the readahead window.
 
 This module alone decides whether reads are sequential.  One ``Prefetcher``
-follows one open file.  Its ``frontier`` is the furthest end any read has
-reached; a read that starts near the frontier (within ``slack``, behind or
-ahead) continues the sequence, so the interleaved offsets of a reader with
-several requests in flight (qemu keeps up to 8) still count as sequential.
-While reads stay sequential the window doubles, from four blocks up to
-``max_window``; a read elsewhere (a seek) resets it to nothing.  Nothing is
-asked for until the sequence has covered a block: the kernel's readahead
-turns a few small metadata reads (``qemu-img info`` on a qcow2: three reads,
-84 KiB, all in the first block) into a short sequence, and a stream opened
-for it would fetch data that nobody reads.
+follows one open file.  It keeps a few **runs**: byte ranges that reads have
+covered without a gap (``GAP`` at most).  A read that touches a run extends
+it, and merges runs it joins, so requests that arrive out of order (qemu
+keeps up to 8 in flight; the kernel splits one read into several requests)
+still make one run.  A read that touches none starts a run of its own; the
+least recently extended run is forgotten beyond ``RUNS``.
 
-It asks for data ahead in batches: only when what has already been asked
-for (``ahead``) runs less than half a window past the frontier does it ask
-again, for everything up to a full window ahead.  So fetches are few and
-large instead of one block at a time behind each read.
+Nothing is asked for until a run is ``min_run`` long (4 MiB, or 4 blocks if
+larger).  That is what keeps random access cheap: one ``pread`` of 1 MiB
+reaches the mount as several requests that touch each other, and a window
+opened for it would fetch blocks that nobody reads.  Past ``min_run``, the
+run asks for data ahead of its end in batches: only when what it has asked
+for (``ahead``) is less than half a window past its end does it ask again,
+for a full window.  The window starts at 4 blocks and doubles with each
+batch, up to ``max_window``, so it grows only as fast as the reader
+consumes it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+#: Bytes between two reads that still count as one run (pages the kernel
+#: already had need not be read again).
+GAP = 128 << 10
+#: Runs followed at once per open file.
+RUNS = 8
+
+
+@dataclasses.dataclass
+class _Run:
+    start: int
+    end: int
+    window: int = 0
+    ahead: int = 0   # the end of what has been asked for so far
+
 
 class Prefetcher:
-    def __init__(self, block_size: int, max_window: int, slack: int | None = None):
+    def __init__(self, block_size: int, max_window: int, min_run: int | None = None):
         self.block_size = block_size
-        self.max_window = max_window
-        # qemu: 8 requests of up to 1 MiB in flight; the kernel: readahead batches.
-        self.slack = slack if slack is not None else max(8 << 20, 2 * block_size)
-        self.frontier: int | None = None
-        self.start = 0  # where the current sequence began
-        self.window = 0
-        self.ahead = 0  # the end of what has been asked for so far
+        self.max_window = max(max_window, block_size)
+        self.min_run = min_run if min_run is not None else max(4 << 20, 4 * block_size)
+        self.runs: list[_Run] = []  # least recently extended first
 
     def on_read(self, offset: int, size: int) -> tuple[int, int]:
-        """Note a read; returns the byte range ``(start, end)`` to fetch ahead
-        of it now (empty when nothing is due or the reads are not sequential)."""
+        """Note a read; returns the byte range ``(start, end)`` to fetch ahead of it
+        now (empty when nothing is due)."""
         end = offset + size
-        sequential = (self.frontier is not None
-                      and self.frontier - self.slack <= offset <= self.frontier + self.slack)
-        if not sequential:
-            self.window, self.frontier, self.ahead, self.start = 0, end, end, offset
+        run = self._extend(offset, end)
+        if run.end - run.start < self.min_run:
             return (end, end)
-        self.frontier = max(self.frontier, end)
-        self.start = min(self.start, offset)
-        if self.frontier - self.start < self.block_size:
-            self.ahead = max(self.ahead, self.frontier)
-            return (self.ahead, self.ahead)
-        self.window = min(max(2 * self.window, 4 * self.block_size), self.max_window)
-        if self.ahead - self.frontier >= self.window // 2:
-            return (self.ahead, self.ahead)
-        start = max(self.ahead, self.frontier)
-        self.ahead = self.frontier + self.window
-        return (start, self.ahead)
+        if run.window and run.ahead - run.end >= run.window // 2:
+            return (end, end)
+        run.window = min(max(2 * run.window, 4 * self.block_size), self.max_window)
+        start = max(run.ahead, run.end)
+        run.ahead = run.end + run.window
+        return (start, run.ahead)
+
+    def _extend(self, start: int, end: int) -> _Run:
+        touching = [r for r in self.runs if r.start - GAP <= end and start <= r.end + GAP]
+        if not touching:
+            run = _Run(start, end, ahead=end)
+            self.runs.append(run)
+            if len(self.runs) > RUNS:
+                del self.runs[0]
+            return run
+        run = max(touching, key=lambda r: r.end - r.start)  # the longest keeps its window
+        for other in touching:
+            if other is not run:
+                self.runs.remove(other)
+                run.ahead = max(run.ahead, other.ahead)
+        run.start = min([start] + [r.start for r in touching])
+        run.end = max([end] + [r.end for r in touching])
+        run.ahead = max(run.ahead, run.end)
+        self.runs.remove(run)
+        self.runs.append(run)
+        return run
+
+    @property
+    def window(self) -> int:
+        """The window of the run read last (0 when none has asked for anything)."""
+        return self.runs[-1].window if self.runs else 0

@@ -1,5 +1,7 @@
 """The prefetcher's idea of sequential, and the batches it asks for."""
 
+import random
+
 from imagefs.prefetch import Prefetcher
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -12,48 +14,78 @@ def sequential(p, start, count, size):
         lo, hi = p.on_read(start + i * size, size)
         if hi > lo:
             asked.append((lo, hi))
-        # what has been asked for always runs at least half a window ahead
-        assert p.ahead - p.frontier >= p.window // 2 or p.window == 0
+            # a batch starts at or past the read, and never runs a window past it
+            assert lo >= start + i * size and hi - (start + (i + 1) * size) <= p.window
     return asked
 
 
-def test_window_grows_while_sequential_and_resets_on_seek():
+def test_nothing_is_asked_until_a_run_is_4_mib_long():
+    p = Prefetcher(block_size=MiB, max_window=64 * MiB)
+    asked = sequential(p, 0, 32, 128 * KiB)
+    assert asked == [(4 * MiB, 8 * MiB)]  # at the read that made the run 4 MiB
+
+
+def test_window_doubles_with_each_batch_and_batches_are_contiguous():
     p = Prefetcher(block_size=MiB, max_window=16 * MiB)
-    assert p.on_read(0, 128 * KiB) == (128 * KiB, 128 * KiB)  # first read: nothing
-    asked = sequential(p, 128 * KiB, 200, 128 * KiB)
+    asked = sequential(p, 0, 2000, 128 * KiB)
     assert p.window == 16 * MiB
-    # batches: contiguous, never overlapping, far fewer than reads
     for (_, hi), (lo, _) in zip(asked, asked[1:]):
         assert hi == lo
-    assert 3 <= len(asked) <= 200 // 8
-    assert asked[-1][1] - asked[-1][0] >= 8 * MiB  # big batches once the window is wide
-    start, end = p.on_read(900 * MiB, 4096)  # a seek
-    assert start == end and p.window == 0
-    # sequential again from there: asked for once a block's worth was read
-    asked = sequential(p, 900 * MiB + 4096, 300, 4096)
-    assert asked[0] == (900 * MiB + MiB, 900 * MiB + MiB + 4 * MiB)
+    sizes = [hi - lo for lo, hi in asked]
+    assert sizes[:3] == [4 * MiB, 6 * MiB + 128 * KiB, 12 * MiB + 128 * KiB]
+    assert len(asked) <= 2000 // 32  # far fewer batches than reads
+
+
+def test_a_short_sequential_read_fetches_little_past_its_end():
+    # dd of 16 MiB: the window grows only as fast as the reader consumes it.
+    p = Prefetcher(block_size=MiB, max_window=64 * MiB)
+    asked = sequential(p, 0, 128, 128 * KiB)
+    assert max(hi for _, hi in asked) <= 32 * MiB
+
+
+def test_a_seek_starts_a_new_run_that_must_grow_again():
+    p = Prefetcher(block_size=MiB, max_window=64 * MiB)
+    sequential(p, 0, 64, 128 * KiB)
+    start, end = p.on_read(900 * MiB, 4096)
+    assert start == end
+    asked = sequential(p, 900 * MiB + 4096, 2000, 4096)
+    assert asked[0][0] >= 904 * MiB
 
 
 def test_a_few_small_reads_in_one_block_ask_for_nothing():
     # qemu-img info on a qcow2, through the kernel's readahead: 3 reads, 84 KiB
     p = Prefetcher(block_size=MiB, max_window=64 * MiB)
     assert sequential(p, 0, 3, 28 * KiB) == []
-    assert p.window == 0
 
 
-def test_interleaved_requests_in_flight_count_as_sequential():
+def test_requests_in_flight_out_of_order_make_one_run():
     p = Prefetcher(block_size=MiB, max_window=64 * MiB)
-    p.on_read(0, 64 * KiB)
-    # qemu: 8 requests of 64 KiB in flight, arriving out of order
+    # qemu: 8 requests of 512 KiB in flight, arriving out of order
     order = [3, 1, 2, 0, 7, 5, 6, 4, 11, 9, 10, 8, 15, 13, 14, 12]
+    asked = []
     for n in order:
-        p.on_read((1 + n) * 64 * KiB, 64 * KiB)
-        assert p.start == 0  # one sequence, never restarted
-    assert p.window > 4 * MiB
+        lo, hi = p.on_read(n * 512 * KiB, 512 * KiB)
+        if hi > lo:
+            asked.append((lo, hi))
+    assert len(p.runs) == 1 and (p.runs[0].start, p.runs[0].end) == (0, 8 * MiB)
+    assert asked and asked[0][0] >= 4 * MiB
 
 
-def test_random_reads_never_prefetch():
+def test_random_reads_split_by_the_kernel_never_prefetch():
+    # one 1 MiB pread reaches the mount as 8 requests of 128 KiB that touch
     p = Prefetcher(block_size=MiB, max_window=64 * MiB)
-    for offset in (0, 5000 * MiB, 17 * MiB, 3000 * MiB, 100 * MiB):
-        start, end = p.on_read(offset, 4096)
+    rng = random.Random(7)
+    for _ in range(200):
+        offset = rng.randrange(0, 4096 * MiB)
+        for part in range(8):
+            start, end = p.on_read(offset + part * 128 * KiB, 128 * KiB)
+            assert start == end
+    assert len(p.runs) <= 8
+
+
+def test_random_small_reads_never_prefetch():
+    p = Prefetcher(block_size=MiB, max_window=64 * MiB)
+    rng = random.Random(3)
+    for _ in range(500):
+        start, end = p.on_read(rng.randrange(0, 64 * MiB), 4096)
         assert start == end
