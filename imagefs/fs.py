@@ -15,8 +15,10 @@ Inode numbers are given out once per image and never reused while mounted,
 so the kernel's lookup counts need no bookkeeping here (``forget`` is a
 no-op).  Listings and records are cached for ``list_ttl``/``record_ttl``
 seconds; a name that is not in the cached listing is looked up in the image
-service directly, so a new image is reachable at once.  When the service
-fails, a stale listing is served (and logged) rather than an error.
+service directly, so a new image is reachable at once, and a name not found
+there is not asked for again for ``list_ttl``.  When the service fails, a
+stale listing is served (and logged) rather than an error.  Every clock is
+``trio.current_time()``, so tests run TTLs under trio's ``MockClock``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 _FIRST_IMAGE_INODE = 16
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 METADATA, DATA = "metadata.json", "data"
 _KIND_DIR, _KIND_META, _KIND_DATA = 0, 1, 2
 
@@ -86,7 +88,7 @@ class _Image:
     id: str
     ino: int                    # the directory's; metadata is ino+1, data ino+2
     record: dict[str, Any]
-    fetched: float              # monotonic time of the record
+    fetched: float              # trio.current_time() of the record
 
     @property
     def ref(self) -> ImageRef:
@@ -111,6 +113,7 @@ class ImageFS:
         self._listed: set[str] = set()            # the same, for lookups
         self._listed_at = 0.0
         self._listing_lock = trio.Lock()
+        self._missing: dict[str, float] = {}     # id -> when it was not found
         self._handles: dict[int, _Handle] = {}
         self._next_fh = 1
         self._dirs: dict[int, tuple[int, list[str]]] = {}  # fh -> (inode, names)
@@ -126,12 +129,12 @@ class ImageFS:
     def _remember(self, record: dict[str, Any]) -> _Image:
         image = self._images.get(record["id"])
         if image is None:
-            image = _Image(record["id"], self._next_ino, record, time.monotonic())
+            image = _Image(record["id"], self._next_ino, record, trio.current_time())
             self._next_ino += 4
             self._images[image.id] = image
             self._by_ino[image.ino] = image
         else:
-            image.record, image.fetched = record, time.monotonic()
+            image.record, image.fetched = record, trio.current_time()
         return image
 
     async def _call(self, fn, *args):
@@ -142,7 +145,7 @@ class ImageFS:
         """Ids of the active images the caller can see (cached for list_ttl)."""
         async with self._listing_lock:
             if self._listing is not None and \
-                    time.monotonic() - self._listed_at < self.config.list_ttl:
+                    trio.current_time() - self._listed_at < self.config.list_ttl:
                 return self._listing
             self.api_calls["list"] += 1
             try:
@@ -151,28 +154,36 @@ class ImageFS:
                 if self._listing is None:
                     raise
                 log.warning("cannot refresh the image listing (%s); serving the one from "
-                            "%.0fs ago", exc, time.monotonic() - self._listed_at)
+                            "%.0fs ago", exc, trio.current_time() - self._listed_at)
                 return self._listing
             self._listing = sorted(self._remember(r).id for r in records)
             self._listed = set(self._listing)
-            self._listed_at = time.monotonic()
+            self._listed_at = trio.current_time()
             return self._listing
 
     async def _image(self, image_id: str) -> _Image:
         """The image, its record no older than record_ttl; ImageNotFound if gone."""
         image = self._images.get(image_id)
-        if image is not None and time.monotonic() - image.fetched < self.config.record_ttl:
+        if image is not None and trio.current_time() - image.fetched < self.config.record_ttl:
             return image
+        missing = self._missing.get(image_id)
+        if missing is not None and trio.current_time() - missing < self.config.list_ttl:
+            raise ImageNotFound(f"image {image_id} not found (looked up "
+                                f"{trio.current_time() - missing:.0f}s ago)")
         self.api_calls["get"] += 1
         try:
             record = await self._call(self.api.get, self.ctx, image_id, False, False)
+            if record["status"] != "active":
+                raise ImageNotFound(f"image {image_id} is {record['status']}")
         except ImageNotFound:
             if image_id in self._listed:
                 self._listed.discard(image_id)
                 self._listing.remove(image_id)
+            if len(self._missing) > 4096:
+                self._missing.clear()
+            self._missing[image_id] = trio.current_time()
             raise
-        if record["status"] != "active":
-            raise ImageNotFound(f"image {image_id} is {record['status']}")
+        self._missing.pop(image_id, None)
         return self._remember(record)
 
     # ---- namespace ------------------------------------------------------------------
@@ -185,7 +196,7 @@ class ImageFS:
 
     async def lookup(self, parent: int, name: str) -> Attr:
         if parent == ROOT_INODE:
-            if not _UUID.match(name):
+            if not _UUID.fullmatch(name):
                 raise FsError(errno.ENOENT)
             await self.listing()
             if name in self._listed:
