@@ -31,8 +31,10 @@ whatever the arguments:
   written stays there (the caller owns the file) and the error is raised;
 - it returns the image's record, the one the bytes were verified against.
 
-For reading parts of an image (what the mount does) there are ``read``
-(one range, exact) and ``stream`` (bytes from an offset to the end).
+For reading parts of an image there are ``read`` (one range, exact) and
+``stream`` (bytes from an offset to the end), both retried; the mount reads
+through ``source`` instead, whose single tries it retries itself within
+each read's deadline.
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ from typing import Any, BinaryIO, Callable, Iterator
 from .context import RequestContext
 from .drivers.base import Driver
 from .errors import (BackendUnavailable, ImageBadRequest, ImageChecksumMismatch, ImageConflict,
-                     ImagefsError, ImageNoData, ImageNotFound)
+                     ImagefsError, ImageNoData, ImageNotFound, RangesRefused)
 from .records import DELETED_STATES, FIELDS, split_info
-from .retry import RetryPolicy, call_with_retries
+from .retry import Backoff, RetryPolicy, call_with_retries
+from .sources import closing, skip_bytes
+from .sources.service import ServiceSource
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +205,7 @@ class API:
     def _list(self, context, filters, marker, limit, sort_key, sort_dir, page_size):
         if limit == 0:
             return
-        failures, delays = 0, list(self.retry.delays())
+        backoff = Backoff(self.retry)
         while True:
             try:
                 for record in self.default.list(context, filters, marker=marker, limit=limit,
@@ -215,12 +219,11 @@ class API:
                             return
                 return
             except BackendUnavailable as exc:
-                if failures >= len(delays):
+                delay = backoff.next_delay()
+                if delay is None:
                     raise
-                log.info("listing images: %s; resuming after %s in %.2fs", exc, marker,
-                         delays[failures])
-                time.sleep(delays[failures])
-                failures += 1
+                log.info("listing images: %s; resuming after %s in %.2fs", exc, marker, delay)
+                time.sleep(delay)
 
     def create(self, context: RequestContext, image_info: dict[str, Any],
                data: Any = None) -> dict[str, Any]:
@@ -317,24 +320,33 @@ class API:
             os.close(dirfd)
         return record
 
-    # ---- ranged reads (for the mount) -----------------------------------------
+    # ---- ranged reads --------------------------------------------------------
     def read(self, context: RequestContext, id_or_uri: str, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``, fewer only where the image ends.
 
-        Retried on backend failures within the policy; no hash can be checked
-        for a part of an image, so exactness rests on the service's ranges.
+        Retried on backend failures within the policy.  On a store that
+        cannot seek, the bytes come from a stream from the start, skipped
+        forward.  No hash can be checked for a part of an image, so exactness
+        rests on the service's ranges.
         """
         if offset < 0 or length < 0:
             raise ImageBadRequest("offset and length must be >= 0")
         driver, image_id = self.resolve(id_or_uri)
-        return self._retrying(lambda: driver.read(context, image_id, offset, length),
-                              f"read image {image_id} at {offset}+{length}")
 
-    def ranges_supported(self, context: RequestContext, id_or_uri: str) -> bool:
-        """False once the image's store has refused a ranged read: then ``read``
-        works by streaming from the start, and whole-image ``stream`` is better."""
-        driver, image_id = self.resolve(id_or_uri)
-        return driver.ranges_supported(image_id)
+        def once() -> bytes:
+            try:
+                return driver.read(context, image_id, offset, length)
+            except RangesRefused:  # the store cannot seek: from the start, skipped
+                parts, position, end = [], 0, offset + length
+                with closing(driver.open_stream(context, image_id, 0)) as stream:
+                    for chunk in stream:
+                        if position + len(chunk) > offset:
+                            parts.append(chunk[max(0, offset - position):end - position])
+                        position += len(chunk)
+                        if position >= end:
+                            break
+                return b"".join(parts)
+        return self._retrying(once, f"read image {image_id} at {offset}+{length}")
 
     def stream(self, context: RequestContext, id_or_uri: str, offset: int = 0) -> Iterator[bytes]:
         """The image's bytes from ``offset`` to its end, resuming after a
@@ -343,24 +355,33 @@ class API:
         driver, image_id = self.resolve(id_or_uri)
         return self._resuming(context, driver, image_id, offset)
 
+    def source(self, context: RequestContext, id_or_uri: str) -> ServiceSource:
+        """The image's bytes as a ``Source`` (single tries: the mount retries)."""
+        driver, image_id = self.resolve(id_or_uri)
+        return ServiceSource(driver, context, image_id)
+
     def _resuming(self, context, driver, image_id, offset) -> Iterator[bytes]:
-        failures, delays = 0, list(self.retry.delays())
+        backoff = Backoff(self.retry)
         while True:
-            # Opening is retried by the policy; if that gives up, so does the stream.
-            stream = self._retrying(
-                lambda start=offset: driver.open_stream(context, image_id, start),
-                f"open image {image_id} at {offset}")
             try:
-                for chunk in stream:
-                    offset += len(chunk)
-                    yield chunk
+                try:
+                    stream = driver.open_stream(context, image_id, offset)
+                except RangesRefused:  # the store cannot seek: from the start, skipped
+                    stream = skip_bytes(driver.open_stream(context, image_id, 0), offset)
+                with closing(stream) as stream:
+                    for chunk in stream:
+                        offset += len(chunk)
+                        yield chunk
                 return
-            except BackendUnavailable as exc:  # dropped mid-body: resume from here
-                if failures >= len(delays):
+            except BackendUnavailable as exc:  # at the open or mid-body: resume from here
+                delay = backoff.next_delay()
+                if delay is None:
+                    log.warning("image %s: giving up at byte %d after %d tries: %s", image_id,
+                                offset, backoff.tries, exc)
                     raise
-                log.warning("image %s: %s; resuming at byte %d", image_id, exc, offset)
-                time.sleep(delays[failures])
-                failures += 1
+                log.warning("image %s: %s; resuming at byte %d in %.2fs", image_id, exc,
+                            offset, delay)
+                time.sleep(delay)
 
     # ---- helpers ------------------------------------------------------------
     def _transfer(self, context, driver, record, write) -> None:

@@ -1,54 +1,63 @@
-"""Blocks of image data: cache tiers, single-flight fetches, streams.
+"""Blocks of image data: single-flight fetches, their dispatch and deadlines.
 
-``BlockReader.read(image, offset, size)`` answers a read from blocks.  A block
-comes from the memory tier, else the disk tier, else the image service, in
-one of two ways:
+``BlockReader.read(image, offset, size)`` answers a read from blocks.  A
+block comes from the memory tier, else the disk tier, else the image's
+``Source``, in one of two ways:
 
-- **a ranged read** of that one block, for random access (``_fetch``).  One
-  fetch per block however many readers want it (``_flights``).
-- **a stream** (``_Stream``): one open-ended GET from a block onwards, cut
-  into blocks as it arrives.  The prefetcher's sequential readers are served
-  this way: each request to Glance costs ~10-15 ms of its CPU whatever its
-  size, so one long response is much faster than many ranged reads.  A stream
-  may run ``limit`` blocks ahead; the prefetcher raises the limit as the
-  reader advances, and the stream pauses (TCP holds the server back) when it
-  is too far ahead.  Stores that refuse ranges are read with a stream from
-  the image's start that runs to the end.
+- **a ranged read** of that one block (``_fetch``), retried with backoff
+  (``imagefs.retry``) until its deadline;
+- **a stream** (``imagefs.streams``) that is already coming that way: the
+  prefetcher's streams ahead of sequential readers, or, for an image whose
+  store refuses ranges, the image's one stream from the start.
 
-Blocking work runs in worker threads: ranged reads at most ``fetch_threads``
-at once, one thread hop per block; each stream in a thread of its own (at
-most ``MAX_STREAMS`` per image); never a thread hop per FUSE request.  A fetched
-block must have exactly the expected length, or the read fails.
+One fetch per block however many readers want it: a **flight**.
 
-Concurrency: ``_flights`` and ``_streams`` are touched on the trio thread
-only.  A stream's pump thread shares only ``limit``/``closed`` with it, under
-the stream's condition variable, and hands blocks over with
-``TrioToken.run_sync_soon`` (in order, without waiting for the trio thread).  Between an ``await`` and the next line,
-another task may have delivered the same block.
+Deadlines.  A read has one deadline, ``read_deadline`` after it arrived.  A
+flight has the deadline of the read that started it, and is abandoned then:
+its readers get ``BackendUnavailable`` (EIO), the thread of a stalled request
+is left to end on its own timeout, and the next reader starts a new flight.
+A reader that joined a flight and still has time when it fails starts a new
+one.  A flight's failure also answers the readers of its block that arrive
+within ``FAILURE_GRACE`` seconds after it: the kernel re-issues a failed
+readahead at once as a synchronous read of the same page, which would
+otherwise wait a second full deadline.
+
+Stores that refuse ranges: the source raises ``RangesRefused``; this module
+alone decides what follows.  The image is remembered, and its blocks come
+from one stream from the start, which every reader waits for (a read ahead
+of the stream waits for it to get there; a read behind it, of a block no
+longer cached, waits for the next pass).
+
+Concurrency: ``_flights``, ``_streams`` and the tiers' memory side are
+touched on the trio thread only.  Worker threads run the blocking calls
+(ranged reads at most ``fetch_threads`` at once; each stream in a thread of
+its own) and hand blocks back with ``TrioToken.run_sync_soon``.  Between an
+``await`` and the next line another task may have delivered the same block:
+``_complete`` and ``_fail`` are idempotent for that reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
-import time
+from collections.abc import Callable
+
 import trio
 
-from .api import API
-from .cache import BlockKey, DiskCache, MemoryCache
-from .cache.disk import GROUP_BLOCKS
-from .context import RequestContext
-from .errors import BackendUnavailable, ImagefsError
+from .cache import BlockKey, TieredCache
+from .errors import BackendUnavailable, ImagefsError, RangesRefused
+from .retry import Backoff, RetryPolicy
+from .sources import Source
+from .streams import Stream
 
 log = logging.getLogger(__name__)
 
-#: A stream nobody asked to go further for this long ends.
-STREAM_IDLE = 20.0
-#: Streams per image at once (several readers at different places).
+#: Seekable streams per image at once (several sequential readers at different places).
 MAX_STREAMS = 4
-#: A reader this many blocks past a stream's limit waits for the stream.
-STREAM_REACH = 16
+#: A block this close past a stream's limit joins the stream rather than a ranged read.
+STREAM_REACH = 2
+#: Seconds a failed flight answers new readers of its block (see the docstring).
+FAILURE_GRACE = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,63 +69,34 @@ class ImageRef:
 
 
 class _Flight:
-    def __init__(self):
+    """One block on its way; readers wait on ``done``."""
+
+    def __init__(self, key: BlockKey, deadline: float):
+        self.key, self.deadline = key, deadline
         self.done = trio.Event()
         self.data: bytes | None = None
         self.error: BaseException | None = None
-
-
-class _Stream:
-    def __init__(self, image: ImageRef, start: int, limit: int | None):
-        self.image = image
-        self.position = start           # the next block it will deliver
-        self.limit = limit              # it may fetch blocks < limit (None: to the end)
-        self.cond = threading.Condition()
-        self.closed = False
-        self.waiting: dict[int, _Flight] = {}
-
-    def near(self, index: int) -> bool:
-        """Whether ``index`` is ahead of it, within its limit or just past it."""
-        return not self.closed and self.position <= index and \
-            (self.limit is None or index < self.limit + STREAM_REACH)
-
-    def extend(self, limit: int) -> None:
-        with self.cond:
-            if self.limit is not None and limit > self.limit:
-                self.limit = limit
-                self.cond.notify()
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify()
-
-    def wait_for_room(self, index: int) -> bool:
-        """In the pump thread: block until ``index`` may be fetched; False to stop."""
-        with self.cond:
-            deadline = time.monotonic() + STREAM_IDLE
-            while not self.closed and self.limit is not None and index >= self.limit:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(left)
-            return not self.closed
+        self.stream: Stream | None = None  # the stream it waits for, if any
 
 
 class BlockReader:
-    def __init__(self, api: API, ctx: RequestContext, *, block_size: int, memory: MemoryCache,
-                 disk: DiskCache | None, fetch_threads: int, read_deadline: float,
-                 nursery: trio.Nursery):
-        self.api, self.ctx = api, ctx
+    def __init__(self, open_source: Callable[[ImageRef], Source], cache: TieredCache, *,
+                 block_size: int, fetch_threads: int, read_deadline: float,
+                 retry: RetryPolicy, nursery: trio.Nursery):
+        self.open_source = open_source
+        self.cache = cache
         self.block_size = block_size
-        self.memory, self.disk = memory, disk
         self.read_deadline = read_deadline
+        self.retry = retry
         self.nursery = nursery
         self.fetch_limiter = trio.CapacityLimiter(fetch_threads)
+        self._sources: dict[str, Source] = {}
         self._flights: dict[BlockKey, _Flight] = {}
-        self._streams: dict[str, list[_Stream]] = {}
+        self._failed: dict[BlockKey, tuple[float, BaseException]] = {}
+        self._streams: dict[str, list[Stream]] = {}
+        self._no_ranges: set[str] = set()
         self.stats = {"fetched_blocks": 0, "fetched_bytes": 0, "disk_hits": 0,
-                      "memory_hits": 0, "streams": 0}
+                      "memory_hits": 0, "streams": 0, "retries": 0}
 
     def key(self, image: ImageRef, index: int) -> BlockKey:
         return BlockKey(image.id, image.version, self.block_size, index)
@@ -127,249 +107,373 @@ class BlockReader:
     def _blocks(self, image: ImageRef) -> int:
         return (image.size + self.block_size - 1) // self.block_size
 
+    def _source(self, image: ImageRef) -> Source:
+        source = self._sources.get(image.id)
+        if source is None:
+            source = self._sources[image.id] = self.open_source(image)
+        return source
+
+    def _late(self, image: ImageRef) -> BackendUnavailable:
+        return BackendUnavailable(f"image {image.id}: no data within {self.read_deadline:g}s")
+
     # ---- reading --------------------------------------------------------------
     async def read(self, image: ImageRef, offset: int, size: int) -> bytes:
         """Bytes ``[offset, offset+size)`` of the image, short only at its end.
 
         Raises ``BackendUnavailable`` if the blocks do not come within
-        ``read_deadline`` seconds (the fetch itself goes on for later readers).
+        ``read_deadline`` seconds, or the error that ended their fetch.
         """
         end = min(offset + size, image.size)
         if offset >= end:
             return b""
         bs = self.block_size
-        try:
-            with trio.fail_after(self.read_deadline):
-                parts = []
-                for index in range(offset // bs, (end - 1) // bs + 1):
-                    data = await self.block(image, index)
-                    parts.append(data[max(offset - index * bs, 0):end - index * bs])
-        except trio.TooSlowError:
-            raise BackendUnavailable(f"image {image.id}: no data within "
-                                     f"{self.read_deadline:g}s") from None
+        deadline = trio.current_time() + self.read_deadline
+        indexes = range(offset // bs, (end - 1) // bs + 1)
+        # Every missing block's flight starts before waiting on any of them.
+        wanted: list[bytes | _Flight] = []
+        for index in indexes:
+            data = self.cache.get(self.key(image, index))
+            if data is not None:
+                self.stats["memory_hits"] += 1
+                wanted.append(data)
+            else:
+                wanted.append(self._flight(image, index, deadline))
+        parts = []
+        for index, item in zip(indexes, wanted):
+            data = item if isinstance(item, bytes) else \
+                await self._wait(image, index, item, deadline)
+            parts.append(data[max(offset - index * bs, 0):end - index * bs])
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def block(self, image: ImageRef, index: int) -> bytes:
+    def _flight(self, image: ImageRef, index: int, deadline: float) -> _Flight:
+        """The block's flight: the one under way, else a new one.  Raises the
+        error of one that failed less than ``FAILURE_GRACE`` seconds ago."""
         key = self.key(image, index)
-        data = self.memory.get(key)
-        if data is not None:
-            self.stats["memory_hits"] += 1
-            return data
         flight = self._flights.get(key)
-        if flight is None:
-            flight = self._flights[key] = _Flight()
-            stream = self._stream_near(image, index)
-            if stream is not None:  # it will be here soon: one fetch, not two
-                stream.extend(index + 1)
-                stream.waiting[index] = flight
-            elif self.api.ranges_supported(self.ctx, image.id):
-                self.nursery.start_soon(self._fetch, image, index, flight)
-            else:
-                self._open_stream(image, 0, None).waiting[index] = flight
-        await flight.done.wait()
-        if flight.error is not None:
-            raise flight.error
-        return flight.data
+        if flight is not None:
+            return flight
+        failed = self._failed.get(key)
+        if failed is not None:
+            if trio.current_time() - failed[0] < FAILURE_GRACE:
+                raise failed[1]
+            del self._failed[key]
+        return self._start(image, index, deadline)
 
+    async def _wait(self, image: ImageRef, index: int, flight: _Flight,
+                    deadline: float) -> bytes:
+        """The block, once ``flight`` (or a later one, while time is left) has it."""
+        while True:
+            with trio.move_on_at(deadline):
+                await flight.done.wait()
+            if not flight.done.is_set():
+                if trio.current_time() >= flight.deadline:
+                    self._fail(flight, self._late(image))
+                raise self._late(image)
+            if flight.error is None:
+                return flight.data
+            if not isinstance(flight.error, BackendUnavailable) or \
+                    trio.current_time() >= deadline:
+                raise flight.error
+            # A flight started by an earlier reader gave up; this reader has time left.
+            data = self.cache.get(flight.key)
+            if data is not None:
+                return data
+            flight = self._flights.get(flight.key) or self._start(image, index, deadline)
+
+    def _start(self, image: ImageRef, index: int, deadline: float) -> _Flight:
+        key = self.key(image, index)
+        flight = self._flights[key] = _Flight(key, deadline)
+        self._dispatch(image, index, flight)
+        return flight
+
+    def _dispatch(self, image: ImageRef, index: int, flight: _Flight) -> None:
+        """Send ``flight`` the cheapest way: disk, a stream coming anyway, a ranged read."""
+        if self.cache.on_disk(flight.key):
+            self.nursery.start_soon(self._fetch, image, index, flight)
+        elif image.id in self._no_ranges:
+            self._attach(self._stream_from_start(image), index, flight)
+        elif (stream := self._stream_near(image, index)) is not None:
+            stream.extend(index + 1)
+            self._attach(stream, index, flight)
+        else:
+            self.nursery.start_soon(self._fetch, image, index, flight)
+
+    @staticmethod
+    def _attach(stream: Stream, index: int, flight: _Flight) -> None:
+        stream.waiting[index] = flight
+        flight.stream = stream
+
+    def _complete(self, flight: _Flight, data: bytes) -> None:
+        if flight.done.is_set():
+            return
+        flight.data = data
+        self._settle(flight)
+
+    def _fail(self, flight: _Flight, error: BaseException) -> None:
+        if flight.done.is_set():
+            return
+        flight.error = error
+        self._settle(flight)
+        now = trio.current_time()
+        if len(self._failed) > 1024:
+            self._failed = {k: v for k, v in self._failed.items()
+                            if now - v[0] < FAILURE_GRACE}
+        self._failed[flight.key] = (now, error)
+
+    def _settle(self, flight: _Flight) -> None:
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
+        stream = flight.stream
+        if stream is not None and stream.waiting.get(flight.key.index) is flight:
+            del stream.waiting[flight.key.index]
+        flight.stream = None
+        flight.done.set()
+
+    # ---- prefetching ------------------------------------------------------------
     def prefetch(self, image: ImageRef, start: int, end: int) -> None:
-        """Keep a stream running ahead of a sequential reader to cover ``[start, end)``."""
+        """Bring ``[start, end)`` in ahead of a sequential reader: disk runs loaded,
+        and one stream (one that is there or nearly there goes further)."""
         end = min(end, image.size)
         if start >= end:
             return
         first = start // self.block_size
         limit = (end - 1) // self.block_size + 1
-        # Blocks already cached (memory, or disk: read in the background) need no
-        # stream.  At the first block in neither tier, a stream that is there or
-        # nearly there goes further; only if there is none does a new one start.
         while first < limit:
             key = self.key(image, first)
-            if key in self.memory or key in self._flights:
+            if self.cache.in_memory(key) or key in self._flights:
                 first += 1
-            elif self.disk is not None and key in self.disk:
+            elif self.cache.on_disk(key):
                 first += self._load_disk_run(image, first, limit)
+            elif image.id in self._no_ranges:
+                self._stream_from_start(image)  # it reads to the end anyway
+                return
             else:
                 stream = self._stream_near(image, first)
                 if stream is not None:
                     stream.extend(limit)
                 else:
-                    self._open_stream(image, first, limit)
+                    self._open_stream(image, first, limit, seekable=True)
                 return
 
-    # ---- runs of blocks from the disk tier -------------------------------------------
     def _load_disk_run(self, image: ImageRef, first: int, limit: int) -> int:
-        """Start loading the disk-cached blocks from ``first`` on (before ``limit``, in
-        one group file) with one read; returns how many."""
-        group = first // GROUP_BLOCKS
+        """Start loading the disk-cached blocks from ``first`` on (before ``limit``,
+        in one group file) with one read; returns how many."""
+        deadline = trio.current_time() + self.read_deadline
         flights = []
         index = first
-        while index < limit and index // GROUP_BLOCKS == group:
+        while index < limit:
             key = self.key(image, index)
-            if key in self.memory or key in self._flights or key not in self.disk:
+            if flights and not self.cache.same_run(flights[0].key, key):
                 break
-            flight = self._flights[key] = _Flight()
+            if self.cache.in_memory(key) or key in self._flights or not self.cache.on_disk(key):
+                break
+            flight = self._flights[key] = _Flight(key, deadline)
             flights.append(flight)
             index += 1
         self.nursery.start_soon(self._load_run, image, first, flights)
         return len(flights)
 
     async def _load_run(self, image: ImageRef, first: int, flights: list[_Flight]) -> None:
-        """Fill ``flights`` (blocks ``first``...) from the disk tier, each as soon as it
-        is read; a block that is not there after all is fetched.  Never raises."""
-        keys = [self.key(image, first + i) for i in range(len(flights))]
+        """Fill ``flights`` (blocks ``first``...) from the disk tier, each as soon as
+        it is read; a block that is not there after all is dispatched anew."""
         token = trio.lowlevel.current_trio_token()
-        done = [False] * len(keys)
+        done = [False] * len(flights)
 
         def deliver(i: int, data: bytes | None) -> None:  # on the trio thread
             done[i] = True
-            index, key, flight = first + i, keys[i], flights[i]
+            index, flight = first + i, flights[i]
             if data is not None and len(data) == self.block_length(image, index):
                 self.stats["disk_hits"] += 1
-                self.memory.put(key, data)
-                flight.data = data
-                del self._flights[key]
-                flight.done.set()
-            else:
-                self.nursery.start_soon(self._fetch, image, index, flight)
+                self.cache.put(flight.key, data)
+                self._complete(flight, data)
+            elif not flight.done.is_set():
+                self.nursery.start_soon(self._fetch, image, index, flight, False)
 
         def work() -> None:  # in a worker thread
-            for i, data in enumerate(self.disk.iter_run(keys)):
+            for i, data in enumerate(self.cache.load_run([f.key for f in flights])):
                 token.run_sync_soon(deliver, i, data)
 
         try:
             await trio.to_thread.run_sync(work, limiter=self.fetch_limiter,
                                           abandon_on_cancel=True)
-        except Exception:  # iter_run turns OSErrors into misses: this is a bug
+        except Exception:  # the disk tier turns OSErrors into misses: this is a bug
             log.exception("unexpected error loading blocks of image %s from disk", image.id)
         # Deliveries queued before the thread returned have run by now.
-        for i in range(len(keys)):
+        for i in range(len(flights)):
             if not done[i]:
                 deliver(i, None)
 
     # ---- one block by a ranged read ---------------------------------------------------
-    async def _fetch(self, image: ImageRef, index: int, flight: _Flight) -> None:
-        """Fill ``flight`` from the disk tier or a ranged read; never raises."""
-        key = self.key(image, index)
-        want = self.block_length(image, index)
-        disk = self.disk
+    async def _fetch(self, image: ImageRef, index: int, flight: _Flight,
+                     disk: bool = True) -> None:
+        """Fill ``flight`` from the disk tier or ranged reads, until its deadline."""
+        try:
+            with trio.move_on_at(flight.deadline):
+                data = await self._fetch_block(image, index, flight, disk)
+                if data is not None:
+                    self._complete(flight, data)
+                return
+            self._fail(flight, self._late(image))
+        except ImagefsError as exc:
+            self._fail(flight, exc)
+        except Exception as exc:  # a bug: fail this block's readers, keep the mount
+            log.exception("unexpected error fetching block %d of image %s", index, image.id)
+            self._fail(flight, BackendUnavailable(f"image {image.id}: {exc!r}"))
 
-        def work() -> tuple[bytes, bool]:  # in a worker thread
-            if disk is not None:
-                data = disk.load(key)
-                if data is not None and len(data) == want:
-                    return data, True
-            data = self.api.read(self.ctx, image.id, index * self.block_size, want)
+    async def _fetch_block(self, image: ImageRef, index: int, flight: _Flight,
+                           disk: bool) -> bytes | None:
+        """The block's bytes, or None when it was handed to a stream."""
+        key, want = flight.key, self.block_length(image, index)
+        if disk and self.cache.on_disk(key):
+            data = await trio.to_thread.run_sync(self.cache.load, key,
+                                                 limiter=self.fetch_limiter,
+                                                 abandon_on_cancel=True)
+            if data is not None and len(data) == want:
+                self.stats["disk_hits"] += 1
+                self.cache.put(key, data)
+                return data
+        if image.id in self._no_ranges:
+            self._attach(self._stream_from_start(image), index, flight)
+            return None
+        source = self._source(image)
+        backoff = Backoff(self.retry, flight.deadline, clock=trio.current_time)
+
+        def work(timeout: float) -> bytes:  # in a worker thread
+            data = source.read(index * self.block_size, want, timeout=timeout)
             if len(data) != want:
                 raise BackendUnavailable(f"image {image.id}: block {index} came back with "
                                          f"{len(data)} bytes, expected {want}")
-            if disk is not None:
-                disk.store(key, data)
-            return data, False
+            self.cache.store(key, data)
+            return data
 
-        try:
-            data, from_disk = await trio.to_thread.run_sync(
-                work, limiter=self.fetch_limiter, abandon_on_cancel=True)
-            self.stats["disk_hits" if from_disk else "fetched_blocks"] += 1
-            if not from_disk:
-                self._count_fetch(len(data))
-            self.memory.put(key, data)
-            flight.data = data
-        except (ImagefsError, OSError) as exc:
-            flight.error = exc
-        except Exception as exc:  # a bug: fail this block's readers, keep the mount
-            log.exception("unexpected error fetching block %d of image %s", index, image.id)
-            flight.error = exc
-        finally:
-            del self._flights[key]
-            flight.done.set()
+        while True:
+            try:
+                timeout = max(0.1, flight.deadline - trio.current_time())
+                data = await trio.to_thread.run_sync(work, timeout, limiter=self.fetch_limiter,
+                                                     abandon_on_cancel=True)
+            except RangesRefused:
+                self._note_no_ranges(image)
+                self._attach(self._stream_from_start(image), index, flight)
+                return None
+            except BackendUnavailable as exc:
+                delay = backoff.next_delay()
+                if delay is None:
+                    raise
+                self.stats["retries"] += 1
+                log.info("image %s: block %d: %s; trying again in %.2fs", image.id, index,
+                         exc, delay)
+                await trio.sleep(delay)
+                continue
+            self.stats["fetched_blocks"] += 1
+            self.stats["fetched_bytes"] += len(data)
+            self.cache.put(key, data)
+            return data
 
-    def _count_fetch(self, n: int) -> None:
-        self.stats["fetched_bytes"] += n
+    def _note_no_ranges(self, image: ImageRef) -> None:
+        if image.id not in self._no_ranges:
+            log.warning("image %s: its store refuses Range requests; reading it with one "
+                        "stream from the start, which every reader waits for", image.id)
+            self._no_ranges.add(image.id)
 
     # ---- streams ----------------------------------------------------------------------
-    def _stream_near(self, image: ImageRef, index: int) -> _Stream | None:
-        return next((s for s in self._streams.get(image.id, ()) if s.near(index)), None)
+    def _stream_near(self, image: ImageRef, index: int) -> Stream | None:
+        return next((s for s in self._streams.get(image.id, ())
+                     if s.seekable and s.near(index, STREAM_REACH)), None)
 
-    def _open_stream(self, image: ImageRef, start: int, limit: int | None) -> _Stream:
+    def _stream_from_start(self, image: ImageRef) -> Stream:
+        """The image's stream from the start: the one running, else a new one."""
+        stream = next((s for s in self._streams.get(image.id, ())
+                       if not s.seekable and not s.closed), None)
+        return stream or self._open_stream(image, 0, None, seekable=False)
+
+    def _open_stream(self, image: ImageRef, start: int, limit: int | None,
+                     seekable: bool) -> Stream:
         streams = self._streams.setdefault(image.id, [])
-        if len(streams) >= MAX_STREAMS:
-            streams[0].close()
-        stream = _Stream(image, start, limit)
+        if seekable:
+            running = [s for s in streams if s.seekable and not s.closed]
+            if len(running) >= MAX_STREAMS:
+                running[0].close()
+        stream = Stream(self._source(image), start=start, limit=limit,
+                        blocks=self._blocks(image), block_size=self.block_size,
+                        size=image.size, seekable=seekable)
         streams.append(stream)
         self.stats["streams"] += 1
-        log.debug("image %s: streaming from block %d", image.id, start)
-        self.nursery.start_soon(self._run_stream, stream)
+        log.debug("image %s: %s", image.id, stream)
+        self.nursery.start_soon(self._run_stream, image, stream)
         return stream
 
-    async def _run_stream(self, stream: _Stream) -> None:
-        image, bs, disk = stream.image, self.block_size, self.disk
+    async def _run_stream(self, image: ImageRef, stream: Stream) -> None:
         token = trio.lowlevel.current_trio_token()
-        last = self._blocks(image)
 
         def deliver(index: int, data: bytes) -> None:  # on the trio thread; must not raise
             stream.position = index + 1
             key = self.key(image, index)
-            self.memory.put(key, data)
+            self.cache.put(key, data)
             self.stats["fetched_blocks"] += 1
-            self._count_fetch(len(data))
-            flight = stream.waiting.pop(index, None)
+            self.stats["fetched_bytes"] += len(data)
+            flight = stream.waiting.get(index) or self._flights.get(key)
             if flight is not None:
-                flight.data = data
-                del self._flights[key]
-                flight.done.set()
+                self._complete(flight, data)
 
-        def pump() -> None:  # in a worker thread
-            index = stream.position
-            if not stream.wait_for_room(index):
-                return
-            buf = bytearray()
-            for chunk in self.api.stream(self.ctx, image.id, index * bs):
-                if not buf and len(chunk) == self.block_length(image, index):
-                    blocks = [chunk]  # the usual case: the driver's chunks are blocks
-                else:
-                    buf += chunk
-                    blocks = []
-                    while buf and len(buf) >= self.block_length(image, index + len(blocks)):
-                        n = self.block_length(image, index + len(blocks))
-                        blocks.append(bytes(buf[:n]))
-                        del buf[:n]
-                for data in blocks:
-                    if disk is not None:
-                        disk.store_later(self.key(image, index), data)
-                    # Hand over without waiting for the trio thread: the pump goes on reading.
-                    token.run_sync_soon(deliver, index, data)
-                    index += 1
-                    if index >= last or not stream.wait_for_room(index):
-                        return
-            if index < last:
-                raise BackendUnavailable(f"image {image.id}: stream ended at block {index}")
+        def handover(index: int, data: bytes) -> None:  # in the pump thread
+            self.cache.store_later(self.key(image, index), data)  # may wait for the disk
+            token.run_sync_soon(deliver, index, data)  # in order, without waiting
 
         error: BaseException | None = None
+        backoff: Backoff | None = None
         try:
-            await trio.to_thread.run_sync(pump, abandon_on_cancel=True)
-        except (ImagefsError, OSError) as exc:
-            log.warning("image %s: stream from block %d failed: %s", image.id,
-                        stream.position, exc)
+            while True:
+                try:
+                    await trio.to_thread.run_sync(stream.pump, stream.position, handover,
+                                                  abandon_on_cancel=True)
+                    break
+                except RangesRefused:
+                    self._note_no_ranges(image)
+                    break
+                except BackendUnavailable as exc:
+                    # Deliveries queued before the thread gave up have run: position is current.
+                    waiting = [f.deadline for f in stream.waiting.values()]
+                    if stream.seekable or not waiting:
+                        log.info("image %s: stream at block %d failed: %s", image.id,
+                                 stream.position, exc)
+                        error = exc
+                        break
+                    if backoff is None:
+                        backoff = Backoff(self.retry, max(waiting), clock=trio.current_time)
+                    backoff.deadline = max(waiting)
+                    delay = backoff.next_delay()
+                    if delay is None:
+                        error = exc
+                        break
+                    self.stats["retries"] += 1
+                    log.info("image %s: stream at block %d failed: %s; resuming in %.2fs",
+                             image.id, stream.position, exc, delay)
+                    await trio.sleep(delay)
+        except ImagefsError as exc:
             error = exc
         except trio.Cancelled:
             stream.close()
             raise
         except Exception as exc:
             log.exception("unexpected error streaming image %s", image.id)
-            error = exc
+            error = BackendUnavailable(f"image {image.id}: {exc!r}")
         finally:
-            stream.closed = True
+            stream.close()
             streams = self._streams.get(image.id, [])
             if stream in streams:
                 streams.remove(stream)
             if not streams:
                 self._streams.pop(image.id, None)
-        # Readers still waiting on this stream: fail them, or fetch their block anew.
-        for index, flight in stream.waiting.items():
-            if error is not None:
-                del self._flights[self.key(image, index)]
-                flight.error = error
-                flight.done.set()
-            elif self.api.ranges_supported(self.ctx, image.id):
-                self.nursery.start_soon(self._fetch, image, index, flight)
+        # Readers still waiting: a seekable stream's go to ranged reads, which retry on
+        # their own; a stream from the start has retried for them already.
+        retry_elsewhere = error is None or (stream.seekable and
+                                            isinstance(error, BackendUnavailable))
+        for index, flight in list(stream.waiting.items()):
+            del stream.waiting[index]
+            flight.stream = None
+            if flight.done.is_set():
+                continue
+            if retry_elsewhere:
+                self._dispatch(image, index, flight)
             else:
-                self._open_stream(image, 0, None).waiting[index] = flight
+                self._fail(flight, error)

@@ -42,7 +42,8 @@ class MountConfig:
     read_ahead_kb: int = 4096           # the kernel's per-mount readahead (0: leave as is)
     allow_other: bool = False
     read_deadline: float = 30.0         # a read answers EIO after this long at most
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = RetryPolicy()  # metadata calls and block fetches; the mount's
+    #                                     deadline is read_deadline
 
     def __post_init__(self):
         if self.block_size < 64 * KiB or self.block_size > 64 * MiB \
@@ -54,3 +55,7 @@ class MountConfig:
             raise ConfigError("cache size must be >= 0 (0 disables the disk tier)")
         if self.fetch_threads < 1:
             raise ConfigError("fetch threads must be >= 1")
+        if not self.read_deadline > 0:
+            raise ConfigError("the read deadline must be > 0 seconds")
+        if self.list_ttl < 0 or self.record_ttl < 0:
+            raise ConfigError("TTLs must be >= 0 seconds")

@@ -12,6 +12,7 @@ errors at one place (``imagefs.drivers.glance._translate``).
      │    ├── ImageNotFound         404, or deleted when deleted images are hidden
      │    ├── ImageNotAuthorized    401/403: bad credentials or not allowed
      │    ├── ImageBadRequest       400, or a request we can tell is bad (unknown URI scheme)
+     │    │    └── RangesRefused    400 to a Range request: the image's store cannot seek
      │    ├── ImageConflict         409: e.g. uploading data to an image that has some
      │    ├── ImageQuotaExceeded    413: quota or size cap
      │    └── ImageNoData           the image has no data to read (queued, or deleted since)
@@ -54,6 +55,11 @@ class ImageNotAuthorized(ImageError):
 
 class ImageBadRequest(ImageError):
     status = 400
+
+
+class RangesRefused(ImageBadRequest):
+    """The image's store cannot read at an offset (Glance on rbd, swift, s3, http):
+    only a read from the start works.  Drivers raise it; callers decide what to do."""
 
 
 class ImageConflict(ImageError):

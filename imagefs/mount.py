@@ -29,13 +29,14 @@ import pyfuse3
 import trio
 
 from .blocks import BlockReader
-from .cache import DiskCache, MemoryCache
+from .cache import DiskCache, MemoryCache, TieredCache
 from .config import MountConfig, default_cache_dir, parse_size
 from .connect import ServiceOptions, describe, open_api
 from .errors import ConfigError, ImagefsError
 from .fs import ImageFS
 from .fuse_ops import FuseOps
 from .malloc import keep_freed_memory
+from .retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ def config_from_args(args) -> MountConfig:
                   memory_cache=parse_size(args.memory_cache),
                   block_size=parse_size(args.block_size), fetch_threads=args.fetch_threads,
                   list_ttl=args.list_ttl, record_ttl=args.record_ttl,
-                  read_deadline=args.read_deadline, allow_other=args.allow_other)
+                  read_deadline=args.read_deadline, allow_other=args.allow_other,
+                  retry=RetryPolicy(deadline=args.read_deadline))
     if args.cache_dir:
         kwargs["cache_dir"] = Path(args.cache_dir).absolute()
     return MountConfig(**kwargs)
@@ -187,9 +189,11 @@ def serve(api, ctx, config: MountConfig, mountpoint: Path, ready) -> int:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            blocks = BlockReader(api, ctx, block_size=config.block_size, memory=memory,
-                                 disk=disk, fetch_threads=config.fetch_threads,
-                                 read_deadline=config.read_deadline, nursery=nursery)
+            blocks = BlockReader(lambda image: api.source(ctx, image.id),
+                                 TieredCache(memory, disk), block_size=config.block_size,
+                                 fetch_threads=config.fetch_threads,
+                                 read_deadline=config.read_deadline, retry=config.retry,
+                                 nursery=nursery)
             fs = ImageFS(api, ctx, config, blocks)
             try:
                 pyfuse3.init(FuseOps(fs), str(mountpoint), options)

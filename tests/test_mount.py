@@ -17,6 +17,7 @@ import pytest
 from conftest import ADMIN, ALICE, BOB, make_image, random_bytes
 
 from imagefs.api import API
+from imagefs.blocks import FAILURE_GRACE
 from imagefs.drivers.glance import GlanceDriver
 
 pytestmark = [pytest.mark.mount, pytest.mark.glance]
@@ -229,9 +230,10 @@ def test_outage_answers_eio_within_the_deadline_and_recovers(mount, images, glan
         took = time.monotonic() - start
         assert e.value.errno == errno.EIO
         print(f"\nbackend outage to EIO: {took:.2f}s")
-        assert took < 8
+        assert took < 8.5  # retried until the deadline (8 s), not past it
         assert os.pread(fd, 100, 0) == source[:100]  # cached: still served
         glance_clean.faults()
+        time.sleep(FAILURE_GRACE)  # the failure answers the kernel's immediate re-read
         assert os.pread(fd, 100, 7 * MiB) == source[7 * MiB:7 * MiB + 100]
     finally:
         os.close(fd)

@@ -6,13 +6,13 @@ An image uploaded again under the same id has another version, so its old
 blocks are never served.  A fault in the disk tier (a missing, torn or
 corrupt file) is a miss, never an error.
 
-``TieredCache`` is used from the trio thread only; the disk tier's file I/O
-runs in worker threads (``DiskCache.load``/``store`` are blocking, and the
-caller offloads them), while its index is touched only on the trio side.
+``TieredCache`` puts both behind one interface: its memory calls run on the
+trio thread, its disk calls are blocking and run in worker threads.
 """
 
 from .keys import BlockKey
 from .memory import MemoryCache
 from .disk import DiskCache
+from .tiered import TieredCache
 
-__all__ = ["BlockKey", "MemoryCache", "DiskCache"]
+__all__ = ["BlockKey", "MemoryCache", "DiskCache", "TieredCache"]

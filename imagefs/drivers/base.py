@@ -37,15 +37,18 @@ class Driver(Protocol):
     def delete(self, ctx: RequestContext, image_id: str) -> None:
         """Delete the image; afterwards it is not found."""
 
-    def open_stream(self, ctx: RequestContext, image_id: str, offset: int) -> Iterator[bytes]:
-        """The image's bytes from ``offset`` to the end, as they arrive.
+    def open_stream(self, ctx: RequestContext, image_id: str, offset: int,
+                    end: int | None = None, timeout: float | None = None) -> Iterator[bytes]:
+        """The image's bytes from ``offset`` to ``end`` (exclusive; None: the image's
+        end), as they arrive, in one request.
 
-        May raise ``BackendUnavailable`` part-way; the caller resumes from the
-        offset it reached.
+        ``RangesRefused`` if the store cannot start at ``offset`` > 0 or stop
+        at ``end``.  May raise ``BackendUnavailable`` part-way; the caller
+        resumes from the offset it reached.  ``timeout`` bounds each wait for
+        the service (default: the driver's).
         """
 
-    def ranges_supported(self, image_id: str) -> bool:
-        """False once the image's store has refused a ranged read."""
-
-    def read(self, ctx: RequestContext, image_id: str, offset: int, length: int) -> bytes:
-        """Up to ``length`` bytes at ``offset`` (fewer only at the end). One try."""
+    def read(self, ctx: RequestContext, image_id: str, offset: int, length: int,
+             timeout: float | None = None) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (fewer only at the end).  One try;
+        ``RangesRefused`` if the store cannot read at an offset."""

@@ -14,8 +14,8 @@ as ``bytes%3D0-1023`` and is refused with 416.  What Glance does with ranges:
 - ``Content-MD5`` is the *whole* image's md5, even on a 206: never checked
   against a part;
 - stores without random access (rbd, swift, s3, http) answer every Range
-  request 400.  An image whose ranged read got 400 is remembered, and from
-  then on read by streaming from the start and skipping to the offset;
+  request 400: that is ``RangesRefused``, and the caller decides how to read
+  such an image instead (this driver keeps no memory of it);
 - a queued image has ``size`` None and its data GET answers 204 (a *ranged*
   GET of it fails inside Glance with a 500: callers check the status first).
 """
@@ -39,7 +39,7 @@ from keystoneauth1 import token_endpoint
 from ..context import RequestContext
 from ..errors import (BackendUnavailable, ConfigError, ImageBadRequest, ImageConflict,
                       ImageError, ImageNoData, ImageNotAuthorized, ImageNotFound,
-                      ImageQuotaExceeded)
+                      ImageQuotaExceeded, RangesRefused)
 from ..records import make_record
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,11 @@ def _response_error(resp, what: str) -> Exception:
     return error_for_status(resp.status_code, f"{what}: {text or resp.reason}")
 
 
+def _nothing() -> Iterator[bytes]:
+    """An empty body that, like every other, can be closed."""
+    yield from ()
+
+
 class _IterReader:
     """A file-like ``read()`` over an iterator of bytes (glanceclient uploads
     read from file objects only)."""
@@ -145,7 +150,6 @@ class GlanceDriver:
         self.region_name = region_name
         self._lock = threading.Lock()
         self._sessions: dict[Any, tuple[Any, str, Any]] = {}
-        self._no_ranges: set[str] = set()
 
     def __repr__(self) -> str:
         return f"GlanceDriver({self.endpoint!r})"
@@ -249,93 +253,70 @@ class GlanceDriver:
             self._images(ctx).delete(image_id)
 
     # ---- data -------------------------------------------------------------
-    def _get_file(self, ctx, image_id: str, range_header: str | None):
+    def _get_file(self, ctx, image_id: str, range_header: str | None,
+                  timeout: float | None = None):
         session, endpoint, _ = self._clients(ctx)
         headers = {"X-Openstack-Request-ID": ctx.request_id}
         if range_header:
             headers["Range"] = range_header
         with _translate(f"reading image {image_id}"):
             return session.get(f"{endpoint}/v2/images/{image_id}/file", headers=headers,
-                               raise_exc=False, stream=True, timeout=self.timeout,
+                               raise_exc=False, stream=True, timeout=timeout or self.timeout,
                                authenticated=True, log=False)
 
-    def _stream_body(self, resp, image_id: str, skip: int) -> Iterator[bytes]:
-        """The body of ``resp`` in chunks, the first ``skip`` bytes dropped."""
+    def _stream_body(self, resp, image_id: str, length: int | None) -> Iterator[bytes]:
+        """The body of ``resp`` in chunks; exactly ``length`` bytes when given."""
+        got = 0
         with contextlib.closing(resp), _translate(f"reading image {image_id}"):
             for chunk in resp.iter_content(CHUNK):
-                if skip:
-                    if len(chunk) <= skip:
-                        skip -= len(chunk)
-                        continue
-                    chunk, skip = chunk[skip:], 0
+                got += len(chunk)
                 yield chunk
-        if skip:
-            raise BackendUnavailable(f"reading image {image_id}: stream ended early")
+        if length is not None and got < length:
+            raise BackendUnavailable(f"reading image {image_id}: the response ended after "
+                                     f"{got} of {length} bytes")
 
-    def open_stream(self, ctx, image_id, offset) -> Iterator[bytes]:
-        use_range = offset > 0 and image_id not in self._no_ranges
-        resp = self._get_file(ctx, image_id, f"bytes={offset}-" if use_range else None)
-        if resp.status_code == 400 and use_range:
+    def open_stream(self, ctx, image_id, offset, end=None, timeout=None) -> Iterator[bytes]:
+        if end is not None and end <= offset:
+            return _nothing()
+        ranged = offset > 0 or end is not None
+        header = f"bytes={offset}-{'' if end is None else end - 1}" if ranged else None
+        resp = self._get_file(ctx, image_id, header, timeout)
+        if resp.status_code == 400 and ranged:
             resp.close()
-            self._note_no_ranges(image_id)
-            return self.open_stream(ctx, image_id, offset)
+            raise RangesRefused(f"image {image_id}: the store refuses Range requests")
         if resp.status_code == 416:
             resp.close()
-            return iter(())
-        return self._body(resp, image_id, offset)
-
-    def _body(self, resp, image_id, offset) -> Iterator[bytes]:
+            return _nothing()
         if resp.status_code == 204:
             resp.close()
             raise ImageNoData(f"image {image_id} has no data")
         if resp.status_code == 206:
-            start = self._range_start(resp, image_id)
-            if start != offset:
+            start, last = self._content_range(resp, image_id)
+            if start != offset or (end is not None and last >= end):
                 resp.close()
-                raise BackendUnavailable(f"image {image_id}: asked for bytes from {offset}, "
-                                         f"got from {start}")
-            return self._stream_body(resp, image_id, 0)
+                raise BackendUnavailable(f"image {image_id}: asked for bytes {header[6:]}, "
+                                         f"got {start}-{last}")
+            return self._stream_body(resp, image_id, last + 1 - start)
         if resp.status_code == 200:
-            return self._stream_body(resp, image_id, offset)
+            if ranged:  # a server that ignored the Range header: not what was asked
+                resp.close()
+                raise RangesRefused(f"image {image_id}: the service ignored a Range request")
+            return self._stream_body(resp, image_id, None)
         resp.close()
         raise _response_error(resp, f"reading image {image_id}")
 
     @staticmethod
-    def _range_start(resp, image_id) -> int:
+    def _content_range(resp, image_id) -> tuple[int, int]:
         m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
         if not m:
             raise BackendUnavailable(f"image {image_id}: 206 without a valid Content-Range")
-        return int(m.group(1))
+        return int(m.group(1)), int(m.group(2))
 
-    def _note_no_ranges(self, image_id: str) -> None:
-        if image_id not in self._no_ranges:
-            log.warning("image %s: the store refuses Range requests; reading it by "
-                        "streaming from the start", image_id)
-            self._no_ranges.add(image_id)
-
-    def ranges_supported(self, image_id: str) -> bool:
-        """False once a Range request for this image was refused with 400."""
-        return image_id not in self._no_ranges
-
-    def read(self, ctx, image_id, offset, length) -> bytes:
+    def read(self, ctx, image_id, offset, length, timeout=None) -> bytes:
         if length <= 0:
             return b""
-        stream = self.open_stream(ctx, image_id, offset) if image_id in self._no_ranges else None
-        if stream is None:
-            resp = self._get_file(ctx, image_id, f"bytes={offset}-{offset + length - 1}")
-            if resp.status_code == 416:
-                resp.close()
-                return b""
-            if resp.status_code == 400:
-                resp.close()
-                self._note_no_ranges(image_id)
-                return self.read(ctx, image_id, offset, length)
-            stream = self._body(resp, image_id, offset)
-        parts, got = [], 0
-        with contextlib.closing(stream):
-            for chunk in stream:
-                parts.append(chunk[: length - got])
-                got += len(parts[-1])
-                if got >= length:
-                    break
+        parts = []
+        with contextlib.closing(self.open_stream(ctx, image_id, offset, offset + length,
+                                                 timeout)) as stream:
+            parts.extend(stream)
         return b"".join(parts)

@@ -271,19 +271,22 @@ class LocalDriver:
         except FileNotFoundError:
             raise ImageNoData(f"image {image_id} has no data (deleted meanwhile?)") from None
 
-    def open_stream(self, ctx, image_id, offset) -> Iterator[bytes]:
+    def open_stream(self, ctx, image_id, offset, end=None, timeout=None) -> Iterator[bytes]:
         f = self._open_data(ctx, image_id)
 
         def chunks():
             with f:
                 f.seek(offset)
-                while chunk := f.read(CHUNK):
+                left = None if end is None else max(0, end - offset)
+                while left is None or left > 0:
+                    chunk = f.read(CHUNK if left is None else min(CHUNK, left))
+                    if not chunk:
+                        return
+                    if left is not None:
+                        left -= len(chunk)
                     yield chunk
         return chunks()
 
-    def ranges_supported(self, image_id: str) -> bool:
-        return True
-
-    def read(self, ctx, image_id, offset, length) -> bytes:
+    def read(self, ctx, image_id, offset, length, timeout=None) -> bytes:
         with self._open_data(ctx, image_id) as f:
             return os.pread(f.fileno(), length, offset)

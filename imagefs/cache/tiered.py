@@ -1,0 +1,62 @@
+"""The two tiers behind one interface: memory in front of disk.
+
+``get``/``put`` are the memory tier and run on the trio thread.  The disk
+tier's calls are blocking (``load``, ``load_run``, ``store``, ``store_later``:
+call them from worker threads); without a disk tier they miss and store
+nothing.  A disk fault is a miss, never an error: ``DiskCache`` turns every
+``OSError`` into one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .disk import GROUP_BLOCKS, DiskCache
+from .keys import BlockKey
+from .memory import MemoryCache
+
+
+class TieredCache:
+    def __init__(self, memory: MemoryCache, disk: DiskCache | None):
+        self.memory, self.disk = memory, disk
+
+    # ---- memory (trio thread) -------------------------------------------------
+    def get(self, key: BlockKey) -> bytes | None:
+        return self.memory.get(key)
+
+    def put(self, key: BlockKey, data: bytes) -> None:
+        self.memory.put(key, data)
+
+    def in_memory(self, key: BlockKey) -> bool:
+        return key in self.memory
+
+    # ---- disk (worker threads; ``on_disk`` is a cheap index lookup) -------------
+    def on_disk(self, key: BlockKey) -> bool:
+        return self.disk is not None and key in self.disk
+
+    @staticmethod
+    def same_run(a: BlockKey, b: BlockKey) -> bool:
+        """Whether two blocks of an image can be loaded in one run (one group file)."""
+        return a.index // GROUP_BLOCKS == b.index // GROUP_BLOCKS
+
+    def load(self, key: BlockKey) -> bytes | None:
+        return self.disk.load(key) if self.disk is not None else None
+
+    def load_run(self, keys: list[BlockKey]) -> Iterator[bytes | None]:
+        """Consecutive blocks of one group, each as soon as it is read; None for a miss."""
+        if self.disk is None:
+            return iter([None] * len(keys))
+        return self.disk.iter_run(keys)
+
+    def store(self, key: BlockKey, data: bytes) -> None:
+        if self.disk is not None:
+            self.disk.store(key, data)
+
+    def store_later(self, key: BlockKey, data: bytes) -> None:
+        """Queue for the disk's writer threads; waits while their queue is full."""
+        if self.disk is not None:
+            self.disk.store_later(key, data)
+
+    def close(self) -> None:
+        if self.disk is not None:
+            self.disk.close()

@@ -1,0 +1,141 @@
+"""Streams: blocks of one image read in long requests, as they arrive.
+
+A ``Stream`` fetches blocks ``position, position+1, ...`` of one image in a
+thread of its own (``pump``) and hands each over as soon as it is complete.
+It serves readers that are coming: a sequential reader's prefetch window,
+or every reader of an image whose store cannot seek.  One long response is
+much cheaper than many ranged reads: each request costs the service CPU
+whatever its size.
+
+Two kinds:
+
+- **seekable** (the store takes ranges): the stream may fetch blocks below
+  its ``limit``, which the reader's prefetcher raises as it advances.  Each
+  request is a closed range ``[position, limit)``, so a stream that is
+  abandoned costs at most what was asked for, never an open-ended body.
+  With no room (``position == limit``) the pump waits, holding no request
+  open; after ``STREAM_IDLE`` seconds of that it ends.
+- **from the start** (the store refuses ranges): one request from byte 0,
+  skipped to ``position`` if it resumes, read to the image's end.
+
+Shared with the trio thread: ``limit`` and ``closed``, under ``cond``.
+``position`` is written by the trio thread as blocks are delivered, and
+read there only.  Errors from the source propagate out of ``pump``; the
+caller decides whether to resume.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+from .errors import BackendUnavailable
+from .sources import Source, closing, skip_bytes
+
+#: A seekable stream nobody asked to go further for this long ends.
+STREAM_IDLE = 20.0
+
+
+def cut_blocks(chunks: Iterable[bytes], first: int,
+               length: Callable[[int], int]) -> Iterator[tuple[int, bytes]]:
+    """``(index, block)`` from ``chunks`` of any size, blocks ``first, first+1, ...``
+    of ``length(index)`` bytes each; a block of length 0 ends it.  A last
+    partial block is not yielded (the caller sees where the blocks stopped)."""
+    index, want = first, length(first)
+    buf = bytearray()
+    for chunk in chunks:
+        if want <= 0:
+            return
+        if not buf and len(chunk) == want:  # the usual case: chunks are blocks
+            yield index, bytes(chunk)
+            index += 1
+            want = length(index)
+            continue
+        buf += chunk
+        while want > 0 and len(buf) >= want:
+            yield index, bytes(buf[:want])
+            del buf[:want]
+            index += 1
+            want = length(index)
+
+
+class Stream:
+    def __init__(self, source: Source, *, start: int, limit: int | None, blocks: int,
+                 block_size: int, size: int, seekable: bool, timeout: float | None = None):
+        self.source = source
+        self.position = start           # the next block it will deliver (trio side)
+        self.limit = limit              # it may fetch blocks < limit (None: to the end)
+        self.blocks, self.block_size, self.size = blocks, block_size, size
+        self.seekable = seekable
+        self.timeout = timeout
+        self.cond = threading.Condition()
+        self.closed = False
+        self.waiting: dict = {}         # block index -> the flight of a reader (trio side)
+
+    def __repr__(self) -> str:
+        kind = "seekable" if self.seekable else "from-start"
+        return f"Stream({kind}, at {self.position}, limit {self.limit})"
+
+    def block_length(self, index: int) -> int:
+        return max(0, min(self.block_size, self.size - index * self.block_size))
+
+    def near(self, index: int, reach: int) -> bool:
+        """Whether block ``index`` is ahead of it, within its limit or ``reach`` past it."""
+        return not self.closed and self.position <= index and \
+            (self.limit is None or index < self.limit + reach)
+
+    def extend(self, limit: int) -> None:
+        with self.cond:
+            if self.limit is not None and limit > self.limit:
+                self.limit = min(limit, self.blocks)
+                self.cond.notify()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+
+    def _room(self, index: int) -> int | None:
+        """In the pump: wait until block ``index`` may be fetched; the end of the
+        room (exclusive), or None to stop (closed, or idle too long)."""
+        with self.cond:
+            idle_until = time.monotonic() + STREAM_IDLE
+            while not self.closed and self.limit is not None and index >= self.limit:
+                left = idle_until - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+            if self.closed:
+                return None
+            return self.blocks if self.limit is None else self.limit
+
+    def pump(self, start: int, deliver: Callable[[int, bytes], None]) -> int:
+        """In a worker thread: fetch blocks from ``start`` on and ``deliver`` each
+        (in order; ``deliver`` must not block for long).  Returns the next
+        block it would have fetched when it stops (closed, idle, or at the
+        end); raises what the source raises, or ``BackendUnavailable`` if a
+        response ends early."""
+        bs = self.block_size
+        index = start
+        while index < self.blocks:
+            end = self._room(index)
+            if end is None:
+                return index
+            if self.seekable:
+                chunks = self.source.stream(index * bs, min(end * bs, self.size), self.timeout)
+            else:
+                chunks = skip_bytes(self.source.stream(0, None, self.timeout), index * bs)
+                end = self.blocks
+            with closing(chunks) as body:
+                for index_, data in cut_blocks(body, index, self.block_length):
+                    deliver(index_, data)
+                    index = index_ + 1
+                    if self.closed or index >= end:
+                        break
+            if self.closed:
+                return index
+            if index < end:
+                raise BackendUnavailable(f"the response ended at block {index}, before {end}")
+        return index
+
