@@ -171,9 +171,8 @@ class BlockReader:
                 raise self._late(image)
             if flight.error is None:
                 return flight.data
-            if not isinstance(flight.error, BackendUnavailable) or \
-                    trio.current_time() >= deadline:
-                raise flight.error
+            if not isinstance(flight.error, BackendUnavailable) or flight.deadline >= deadline:
+                raise flight.error  # final, or this reader's own flight gave up
             # A flight started by an earlier reader gave up; this reader has time left.
             data = self.cache.get(flight.key)
             if data is not None:
@@ -187,16 +186,27 @@ class BlockReader:
         return flight
 
     def _dispatch(self, image: ImageRef, index: int, flight: _Flight) -> None:
-        """Send ``flight`` the cheapest way: disk, a stream coming anyway, a ranged read."""
-        if self.cache.on_disk(flight.key):
+        """Send ``flight`` the cheapest way: memory (it may have come meanwhile), disk,
+        a stream coming anyway, a ranged read."""
+        data = self.cache.get(flight.key)
+        if data is not None:
+            self._complete(flight, data)
+        elif self.cache.on_disk(flight.key):
             self.nursery.start_soon(self._fetch, image, index, flight)
         elif image.id in self._no_ranges:
-            self._attach(self._stream_from_start(image), index, flight)
+            self._wait_for_stream_from_start(image, index, flight)
         elif (stream := self._stream_near(image, index)) is not None:
             stream.extend(index + 1)
             self._attach(stream, index, flight)
         else:
             self.nursery.start_soon(self._fetch, image, index, flight)
+
+    def _wait_for_stream_from_start(self, image: ImageRef, index: int, flight: _Flight) -> None:
+        data = self.cache.get(flight.key)  # it may have gone by meanwhile
+        if data is not None:
+            self._complete(flight, data)
+        else:
+            self._attach(self._stream_from_start(image), index, flight)
 
     @staticmethod
     def _attach(stream: Stream, index: int, flight: _Flight) -> None:
@@ -333,7 +343,7 @@ class BlockReader:
                 self.cache.put(key, data)
                 return data
         if image.id in self._no_ranges:
-            self._attach(self._stream_from_start(image), index, flight)
+            self._wait_for_stream_from_start(image, index, flight)
             return None
         source = self._source(image)
         backoff = Backoff(self.retry, flight.deadline, clock=trio.current_time)
@@ -353,7 +363,7 @@ class BlockReader:
                                                      abandon_on_cancel=True)
             except RangesRefused:
                 self._note_no_ranges(image)
-                self._attach(self._stream_from_start(image), index, flight)
+                self._wait_for_stream_from_start(image, index, flight)
                 return None
             except BackendUnavailable as exc:
                 delay = backoff.next_delay()

@@ -32,7 +32,7 @@ T = TypeVar("T")
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
     base_delay: float = 0.1    # seconds before the second try, at most; doubles each time
-    max_delay: float = 2.0     # the cap on one delay
+    max_delay: float = 1.0     # the cap on one delay
     deadline: float = 20.0     # seconds after the first try: no try starts later
     attempts: int | None = None  # tries in all (the first included); None: until the deadline
 
