@@ -24,7 +24,8 @@ Glance's API):
   ``drop_after`` (close data responses after that many bytes, ``drop_count``
   times), ``fail_count`` (answer ``fail_status``, default 503, to that many
   requests), ``down`` (answer 503 to everything until cleared), ``delay``
-  (seconds before each data response).
+  (seconds before each data response: a stall, which ends early when the
+  faults are changed or reset).
 """
 
 from __future__ import annotations
@@ -126,7 +127,15 @@ class IdentityWrapper:
         with self.lock:
             self.stats = {"data_bytes": 0, "data_requests": 0, "range_requests": 0,
                           "requests": 0, "list_requests": 0, "get_requests": 0}
-            self.faults = {}
+            self._set_faults({})
+
+    def _set_faults(self, faults):
+        """Under the lock.  Requests delayed by the faults before are let go now."""
+        self.faults = faults
+        old = getattr(self, "cleared", None)
+        self.cleared = threading.Event()
+        if old is not None:
+            old.set()
 
     def _simple(self, start_response, status, body):
         data = json.dumps(body).encode()
@@ -151,7 +160,7 @@ class IdentityWrapper:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             faults = json.loads(environ["wsgi.input"].read(length) or b"{}")
             with self.lock:
-                self.faults = faults
+                self._set_faults(faults)
             return self._simple(start_response, "200 OK", faults)
         return self._simple(start_response, "404 Not Found", {})
 
@@ -162,7 +171,7 @@ class IdentityWrapper:
         method = environ.get("REQUEST_METHOD")
         is_data = path.endswith("/file") and method == "GET"
         with self.lock:
-            faults = dict(self.faults)
+            faults, cleared = dict(self.faults), self.cleared
             self.stats["requests"] += 1
             if method == "GET" and path.rstrip("/") == "/v2/images":
                 self.stats["list_requests"] += 1
@@ -195,7 +204,7 @@ class IdentityWrapper:
         if not is_data:
             return self.app(environ, start_response)
         if faults.get("delay"):
-            time.sleep(faults["delay"])
+            cleared.wait(faults["delay"])  # a stall, until it passes or the faults change
         return self._count(self.app(environ, start_response), faults)
 
     def _count(self, body, faults):
