@@ -90,7 +90,7 @@ class BlockReader:
         self.retry = retry
         self.nursery = nursery
         self.fetch_limiter = trio.CapacityLimiter(fetch_threads)
-        self._sources: dict[str, Source] = {}
+        self._sources: dict[str, Source | trio.Event] = {}  # an Event while it opens
         self._flights: dict[BlockKey, _Flight] = {}
         self._failed: dict[BlockKey, tuple[float, BaseException]] = {}
         self._streams: dict[str, list[Stream]] = {}
@@ -107,11 +107,45 @@ class BlockReader:
     def _blocks(self, image: ImageRef) -> int:
         return (image.size + self.block_size - 1) // self.block_size
 
-    def _source(self, image: ImageRef) -> Source:
-        source = self._sources.get(image.id)
-        if source is None:
-            source = self._sources[image.id] = self.open_source(image)
-        return source
+    async def _source(self, image: ImageRef) -> Source:
+        """The image's source, opened once (in a worker thread: it may ask the
+        service for the image's locations, and connect to its store)."""
+        while True:
+            entry = self._sources.get(image.id)
+            if isinstance(entry, trio.Event):
+                await entry.wait()
+                continue
+            if entry is not None:
+                return entry
+            opened = self._sources[image.id] = trio.Event()
+            try:
+                source = await trio.to_thread.run_sync(self.open_source, image,
+                                                       abandon_on_cancel=True)
+            except BaseException:
+                del self._sources[image.id]
+                raise
+            finally:
+                opened.set()
+            self._sources[image.id] = source
+            log.info("image %s: data from %s", image.id, self.path(image.id))
+            return source
+
+    def path(self, image_id: str) -> str | None:
+        """Where the image's data comes from: ``rbd``, ``file``, ``glance-ranged``,
+        ``glance-stream``, ``local``; None before its first fetch."""
+        source = self._sources.get(image_id)
+        if source is None or isinstance(source, trio.Event):
+            return None
+        if source.kind == "glance":
+            return "glance-stream" if image_id in self._no_ranges else "glance-ranged"
+        return source.kind
+
+    def close(self) -> None:
+        """Release every source (connections, open images)."""
+        for source in self._sources.values():
+            if not isinstance(source, trio.Event):
+                source.close()
+        self._sources.clear()
 
     def _late(self, image: ImageRef) -> BackendUnavailable:
         return BackendUnavailable(f"image {image.id}: no data within {self.read_deadline:g}s")
@@ -345,7 +379,7 @@ class BlockReader:
         if image.id in self._no_ranges:
             self._wait_for_stream_from_start(image, index, flight)
             return None
-        source = self._source(image)
+        source = await self._source(image)
         backoff = Backoff(self.retry, flight.deadline, clock=trio.current_time)
 
         def work(timeout: float) -> bytes:  # in a worker thread
@@ -382,7 +416,8 @@ class BlockReader:
     def _note_no_ranges(self, image: ImageRef) -> None:
         if image.id not in self._no_ranges:
             log.warning("image %s: its store refuses Range requests; reading it with one "
-                        "stream from the start, which every reader waits for", image.id)
+                        "stream from the start, which every reader waits for "
+                        "(glance-stream)", image.id)
             self._no_ranges.add(image.id)
 
     # ---- streams ----------------------------------------------------------------------
@@ -403,7 +438,7 @@ class BlockReader:
             running = [s for s in streams if s.seekable and not s.closed]
             if len(running) >= MAX_STREAMS:
                 running[0].close()
-        stream = Stream(self._source(image), start=start, limit=limit,
+        stream = Stream(None, start=start, limit=limit,
                         blocks=self._blocks(image), block_size=self.block_size,
                         size=image.size, seekable=seekable)
         streams.append(stream)
@@ -432,6 +467,7 @@ class BlockReader:
         error: BaseException | None = None
         backoff: Backoff | None = None
         try:
+            stream.source = await self._source(image)
             while True:
                 try:
                     await trio.to_thread.run_sync(stream.pump, stream.position, handover,

@@ -37,6 +37,8 @@ from .fs import ImageFS
 from .fuse_ops import FuseOps
 from .malloc import keep_freed_memory
 from .retry import RetryPolicy
+from .sources.choose import DirectOptions, SourceChooser
+from .sources.rbd import CephOptions
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     p.add_argument("--log", metavar="FILE",
                    help="log file when in the background (default <cache dir>/imagefs.log)")
+    add_direct_arguments(p)
     p.set_defaults(run=run_mount)
 
     u = top.add_parser("umount", help="unmount an imagefs mount")
@@ -70,6 +73,25 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
     u.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     u.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     u.set_defaults(run=run_umount)
+
+
+def add_direct_arguments(p: argparse.ArgumentParser) -> None:
+    """Reading images straight from their store, where their location allows."""
+    g = p.add_argument_group("direct reads from the image's store")
+    g.add_argument("--direct", default="rbd", metavar="SCHEMES",
+                   help="locations read directly: rbd, file, both (rbd,file) or none "
+                        "(default rbd; file:// only when asked)")
+    g.add_argument("--ceph-conf", metavar="FILE",
+                   help="Ceph configuration (default $CEPH_CONF, else /etc/ceph/ceph.conf)")
+    g.add_argument("--ceph-user", metavar="NAME",
+                   help="Ceph client name without 'client.' (default $CEPH_USER, else admin)")
+    g.add_argument("--ceph-keyring", metavar="FILE",
+                   help="Ceph keyring (default: as Ceph finds it from the configuration)")
+
+
+def direct_from_args(args) -> DirectOptions:
+    return DirectOptions(DirectOptions.parse_schemes(args.direct),
+                         CephOptions.from_env(args.ceph_conf, args.ceph_user, args.ceph_keyring))
 
 
 def config_from_args(args) -> MountConfig:
@@ -113,6 +135,7 @@ def run_mount(args) -> int:
     opts = ServiceOptions.from_env(store=args.store, os_cloud=args.os_cloud,
                                    os_auth_token=args.os_auth_token,
                                    os_image_url=args.os_image_url, timeout=args.timeout)
+    direct = direct_from_args(args)
     api, ctx = open_api(opts, retry=config.retry)
     # Fail now, with the reason, rather than mount something that cannot list.
     next(iter(api.get_all(ctx, limit=1)), None)
@@ -120,8 +143,8 @@ def run_mount(args) -> int:
     log.info("mounting %s at %s (cache %s)", describe(opts), mountpoint, config.cache_dir)
     if args.foreground:
         _write_pid(lock_fd)
-        return serve(api, ctx, config, mountpoint, ready=None)
-    return _daemonize(lambda ready: serve(api, ctx, config, mountpoint, ready),
+        return serve(api, ctx, config, direct, mountpoint, ready=None)
+    return _daemonize(lambda ready: serve(api, ctx, config, direct, mountpoint, ready),
                       lock_fd, Path(args.log) if args.log else config.cache_dir / "imagefs.log")
 
 
@@ -177,7 +200,8 @@ def _daemonize(run, lock_fd: int, log_file: Path) -> int:
         os._exit(code)
 
 
-def serve(api, ctx, config: MountConfig, mountpoint: Path, ready) -> int:
+def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path,
+          ready) -> int:
     """Mount and serve until unmounted or signalled; 0 after a clean unmount."""
     faulthandler.enable()
     keep_freed_memory(config.block_size, config.memory_cache)
@@ -187,9 +211,12 @@ def serve(api, ctx, config: MountConfig, mountpoint: Path, ready) -> int:
     memory = MemoryCache(config.memory_cache)
     disk = DiskCache(config.cache_dir, config.cache_size) if config.cache_size > 0 else None
 
+    chooser = SourceChooser(api, ctx, direct)
+    log.info("%s", chooser.describe())
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            blocks = BlockReader(lambda image: api.source(ctx, image.id),
+            blocks = BlockReader(lambda image: chooser.open(image.id, image.size),
                                  TieredCache(memory, disk), block_size=config.block_size,
                                  fetch_threads=config.fetch_threads,
                                  read_deadline=config.read_deadline, retry=config.retry,
@@ -210,12 +237,14 @@ def serve(api, ctx, config: MountConfig, mountpoint: Path, ready) -> int:
             nursery.cancel_scope.cancel()
             log.info("served %d reads (%d bytes); blocks: %s; API calls: %s", fs.reads["requests"],
                      fs.reads["bytes"], blocks.stats, fs.api_calls)
+            blocks.close()
 
     try:
         trio.run(main)
     finally:
         if disk is not None:
             disk.close()  # blocks still queued for the disk tier
+        chooser.close()
     log.info("unmounted %s", mountpoint)
     return 0
 

@@ -61,9 +61,9 @@ def cut_blocks(chunks: Iterable[bytes], first: int,
 
 
 class Stream:
-    def __init__(self, source: Source, *, start: int, limit: int | None, blocks: int,
+    def __init__(self, source: Source | None, *, start: int, limit: int | None, blocks: int,
                  block_size: int, size: int, seekable: bool, timeout: float | None = None):
-        self.source = source
+        self.source = source            # set before ``pump`` runs
         self.position = start           # the next block it will deliver (trio side)
         self.limit = limit              # it may fetch blocks < limit (None: to the end)
         self.blocks, self.block_size, self.size = blocks, block_size, size

@@ -5,7 +5,12 @@ business.  Each kind lives in a module of its own and raises only
 ``imagefs.errors``:
 
 - ``service``: the image service's data API, through a driver (Glance's
-  ``/file``, or the embedded store).
+  ``/file``, or the embedded store);
+- ``rbd``: Ceph RBD read with librbd, for images whose location is
+  ``rbd://FSID/POOL/IMAGE/SNAP``;
+- ``file``: a ``file://`` location on storage the host shares (opt-in);
+- ``choose``: which of these serves an image, and the fallback to the
+  service when a direct one is ``Unusable``.
 
 A source is blocking (the mount calls it from worker threads) and thread
 safe.  Its two reads are single tries; retrying, and choosing another way
@@ -18,7 +23,12 @@ from __future__ import annotations
 import contextlib
 from typing import Iterable, Iterator, Protocol
 
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, ImagefsError
+
+
+class Unusable(ImagefsError):
+    """A direct source cannot serve this image (the message says why): read it
+    through the image service instead."""
 
 
 class Source(Protocol):
