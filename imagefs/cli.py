@@ -30,6 +30,9 @@ def _service_options() -> argparse.ArgumentParser:
     g.add_argument("--store", metavar="DIR", help="use the embedded store in DIR")
     g.add_argument("--os-cloud", metavar="NAME", help="cloud in clouds.yaml (env OS_CLOUD)")
     g.add_argument("--os-auth-token", metavar="TOKEN", help="token (env OS_AUTH_TOKEN)")
+    g.add_argument("--os-auth-token-file", metavar="FILE",
+                   help="read the token from FILE, and again when it is refused, so it can be "
+                        "rotated under a mount (env OS_AUTH_TOKEN_FILE)")
     g.add_argument("--os-image-url", metavar="URL",
                    help="Glance endpoint, e.g. http://glance:9292 (env OS_IMAGE_URL)")
     g.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
@@ -161,11 +164,9 @@ def print_record(record: dict, fmt: str) -> None:
 
 # ---- the image commands ---------------------------------------------------------
 def _open(args):
-    from .connect import ServiceOptions, open_api
+    from .connect import open_api, service_options
 
-    opts = ServiceOptions.from_env(store=args.store, os_cloud=args.os_cloud,
-                                   os_auth_token=args.os_auth_token,
-                                   os_image_url=args.os_image_url, timeout=args.timeout)
+    opts = service_options(args)
     progress = None
     if args.action in ("create", "download") and sys.stderr.isatty():
         progress = ProgressLine("uploading" if args.action == "create" else "downloading")

@@ -31,7 +31,7 @@ import trio
 from .blocks import BlockReader
 from .cache import DiskCache, MemoryCache
 from .config import MountConfig, default_cache_dir, parse_size
-from .connect import ServiceOptions, describe, open_api
+from .connect import describe, open_api, service_options
 from .errors import ConfigError, ImagefsError
 from .fs import ImageFS
 from .fuse_ops import FuseOps
@@ -108,9 +108,7 @@ def run_mount(args) -> int:
     if os.path.ismount(mountpoint):
         raise ConfigError(f"{mountpoint} is already a mount point")
     config = config_from_args(args)
-    opts = ServiceOptions.from_env(store=args.store, os_cloud=args.os_cloud,
-                                   os_auth_token=args.os_auth_token,
-                                   os_image_url=args.os_image_url, timeout=args.timeout)
+    opts = service_options(args)
     api, ctx = open_api(opts, retry=config.retry)
     # Fail now, with the reason, rather than mount something that cannot list.
     next(iter(api.get_all(ctx, limit=1)), None)
