@@ -241,3 +241,25 @@ def test_a_token_and_a_token_file_together_are_refused_as_options_or_variables(t
                check=False)
     assert both.returncode == 2 and "unset one" in both.stderr
 
+
+def test_a_token_on_the_command_line_still_works_and_help_says_it_is_visible(glance_clean):
+    listed = run(["image", "list", "-f", "json", "--os-auth-token", "alice-token",
+                  "--os-image-url", glance_clean.url])
+    assert isinstance(as_json(listed), list)
+    text = " ".join(run(["image", "list", "--help"]).stdout.split())
+    assert "visible to other users" in text and "--os-auth-token-file" in text
+
+
+def test_only_the_token_option_and_its_value_leave_the_command_line():
+    from imagefs.argv_token import split_token
+
+    assert split_token(["mount", "/m", "--os-auth-token", "T", "-v"]) == \
+        (["mount", "/m", "-v"], "T")
+    assert split_token(["image", "list", "--os-auth-token=T", "--name", "x"]) == \
+        (["image", "list", "--name", "x"], "T")
+    assert split_token(["image", "list", "--os-auth-token", "A", "--os-auth-token=B"]) == \
+        (["image", "list"], "B")
+    assert split_token(["image", "show", "--", "--os-auth-token", "T"]) == \
+        (["image", "show", "--", "--os-auth-token", "T"], None)
+    assert split_token(["image", "list", "--os-auth-token-file", "F"]) == \
+        (["image", "list", "--os-auth-token-file", "F"], None)

@@ -63,6 +63,10 @@ def image(glance_clean, tag):
     return record["id"], data
 
 
+def daemon_pid(cache_dir: Path) -> int:
+    return int((cache_dir / "lock").read_text())
+
+
 # ---- a token file ------------------------------------------------------------------
 def test_a_mount_with_a_token_file_lists_and_reads_images(glance_clean, tmp_path, image, mounts):
     paths, procs, _ = mounts
@@ -118,3 +122,32 @@ def test_a_rotated_token_file_is_read_again_when_glance_answers_401(glance_clean
         os.close(fd)
     assert m.unmount() == 0
     assert "EIO" not in m.output() and "cannot refresh" not in m.output(), m.output()
+
+
+# ---- a token on the command line ----------------------------------------------------
+@pytest.mark.parametrize("mode, token_args", [
+    ("daemon", ["--os-auth-token", "alice-token"]),
+    ("foreground", ["--os-auth-token=alice-token"]),
+])
+def test_a_token_given_on_the_command_line_is_not_in_the_mounts_cmdline(
+        glance_clean, tmp_path, image, mounts, mode, token_args):
+    paths, procs, pids = mounts
+    mnt, cache = tmp_path / "mnt", tmp_path / "cache"
+    env = {"OS_IMAGE_URL": glance_clean.url}
+    paths.append(mnt)
+    if mode == "daemon":
+        mnt.mkdir()
+        proc = imagefs("mount", str(mnt), "--cache-dir", str(cache), *token_args, env=env)
+        assert proc.returncode == 0, proc.stderr
+        pid = daemon_pid(cache)
+        pids.append(pid)
+    else:
+        m = Mount(mnt, cache, env, *token_args)
+        procs.append(m.proc)
+        pid = m.proc.pid
+    args = cmdline(pid)
+    assert "imagefs" in " ".join(args) and str(mnt) in args
+    assert not any("alice-token" in arg for arg in args), args
+    assert "--os-auth-token" not in " ".join(args)
+    assert image[0] in os.listdir(mnt)
+    assert imagefs("umount", str(mnt)).returncode == 0
