@@ -19,9 +19,7 @@ import fcntl
 import logging
 import logging.handlers
 import os
-import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -36,6 +34,9 @@ from .errors import ConfigError, ImagefsError
 from .fs import ImageFS
 from .fuse_ops import FuseOps
 from .malloc import keep_freed_memory
+from .mountpoint import prepare as prepare_mountpoint
+from .mountpoint import probe as probe_mountpoint
+from .mountpoint import unmount
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,7 @@ def _write_pid(fd: int) -> None:
 
 def run_mount(args) -> int:
     mountpoint = Path(args.mountpoint).absolute()
-    if not mountpoint.is_dir():
-        raise ConfigError(f"mount point {mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
-        raise ConfigError(f"{mountpoint} is already a mount point")
+    prepare_mountpoint(mountpoint)  # clears a mount left dead by a killed daemon
     config = config_from_args(args)
     opts = service_options(args)
     api, ctx = open_api(opts, retry=config.retry)
@@ -238,13 +236,12 @@ async def _when_mounted(mountpoint: Path, config: MountConfig, ready) -> None:
 
 
 def run_umount(args) -> int:
+    """Unmount; a mount left dead by a killed daemon is detached lazily."""
     mountpoint = Path(args.mountpoint).absolute()
-    if not os.path.ismount(mountpoint):
+    state = probe_mountpoint(mountpoint)
+    if state.fstype is None and not os.path.ismount(mountpoint):
         raise ConfigError(f"{mountpoint} is not mounted")
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    cmd = [tool, "-u", str(mountpoint)] if tool else ["umount", str(mountpoint)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"imagefs: cannot unmount {mountpoint}: {proc.stderr.strip()}", file=sys.stderr)
-        return 1
+    unmount(mountpoint, lazy=state.dead)
+    if state.dead:
+        log.info("%s was a dead %s mount; unmounted it", mountpoint, state.fstype)
     return 0
