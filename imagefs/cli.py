@@ -15,6 +15,7 @@ import sys
 from typing import Any, Sequence
 
 from . import __version__
+from .argv_token import hide_token, token_from_argv
 from .errors import ConfigError, ImagefsError
 from .progress import ProgressLine, human
 
@@ -29,7 +30,13 @@ def _service_options() -> argparse.ArgumentParser:
     g = p.add_argument_group("image service (default: the embedded store)")
     g.add_argument("--store", metavar="DIR", help="use the embedded store in DIR")
     g.add_argument("--os-cloud", metavar="NAME", help="cloud in clouds.yaml (env OS_CLOUD)")
-    g.add_argument("--os-auth-token", metavar="TOKEN", help="token (env OS_AUTH_TOKEN)")
+    g.add_argument("--os-auth-token", metavar="TOKEN",
+                   help="token (env OS_AUTH_TOKEN); on the command line it is visible to other "
+                        "users until imagefs hides it: prefer --os-auth-token-file or "
+                        "OS_AUTH_TOKEN")
+    g.add_argument("--os-auth-token-file", metavar="FILE",
+                   help="read the token from FILE, and again when it is refused, so it can be "
+                        "rotated under a mount (env OS_AUTH_TOKEN_FILE)")
     g.add_argument("--os-image-url", metavar="URL",
                    help="Glance endpoint, e.g. http://glance:9292 (env OS_IMAGE_URL)")
     g.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
@@ -161,11 +168,9 @@ def print_record(record: dict, fmt: str) -> None:
 
 # ---- the image commands ---------------------------------------------------------
 def _open(args):
-    from .connect import ServiceOptions, open_api
+    from .connect import open_api, service_options
 
-    opts = ServiceOptions.from_env(store=args.store, os_cloud=args.os_cloud,
-                                   os_auth_token=args.os_auth_token,
-                                   os_image_url=args.os_image_url, timeout=args.timeout)
+    opts = service_options(args)
     progress = None
     if args.action in ("create", "download") and sys.stderr.isatty():
         progress = ProgressLine("uploading" if args.action == "create" else "downloading")
@@ -268,8 +273,16 @@ def setup_logging(verbose: bool, debug: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command; ``argv`` None means this process's own command line, from
+    which a token given as ``--os-auth-token`` is then hidden (a re-exec)."""
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", False), getattr(args, "debug", False))
+    if argv is None and hasattr(args, "os_auth_token"):
+        moved = token_from_argv()
+        if moved is None and args.os_auth_token:
+            hide_token()  # re-executes; returns only if the token cannot be hidden
+        elif moved is not None and args.os_auth_token is None:
+            args.os_auth_token = moved
     try:
         if args.command == "image":
             return run_image(args)

@@ -3,8 +3,12 @@
 Which image service, in this order:
 
 1. ``--store DIR``: the embedded store in DIR.
-2. ``--os-auth-token``/``OS_AUTH_TOKEN`` with ``--os-image-url``/
-   ``OS_IMAGE_URL``: Glance at that URL with that token (no Keystone needed).
+2. ``--os-auth-token``/``OS_AUTH_TOKEN``, or ``--os-auth-token-file``/
+   ``OS_AUTH_TOKEN_FILE``, with ``--os-image-url``/``OS_IMAGE_URL``: Glance
+   at that URL with that token (no Keystone needed).  A token file is read
+   again whenever Glance answers 401, so it can be rotated under a mount.
+   A token or token file given as an option outranks both variables; the
+   two variables together are refused.
 3. ``--os-cloud``/``OS_CLOUD``, or ``OS_AUTH_URL`` and the other usual
    ``OS_*`` variables: keystoneauth through openstacksdk's config loader
    (``clouds.yaml``, ``secure.yaml``, environment), which finds Glance in the
@@ -31,6 +35,7 @@ class ServiceOptions:
     store: str | None = None
     os_cloud: str | None = None
     os_auth_token: str | None = None
+    os_auth_token_file: str | None = None
     os_image_url: str | None = None
     timeout: float = 30.0
 
@@ -38,15 +43,33 @@ class ServiceOptions:
     def from_env(cls, env: Mapping[str, str] = os.environ, **given) -> "ServiceOptions":
         """Options given on the command line win over ``OS_*`` variables."""
         given = {k: v for k, v in given.items() if v is not None}
-        if given.get("store") and any(given.get(k) for k in
-                                      ("os_cloud", "os_auth_token", "os_image_url")):
+        if given.get("store") and any(given.get(k) for k in ("os_cloud", "os_auth_token",
+                                                             "os_auth_token_file", "os_image_url")):
             raise ConfigError("--store selects the embedded store; it cannot be combined with "
-                              "--os-cloud, --os-auth-token or --os-image-url")
-        if "os_cloud" not in given:  # an explicit --os-cloud outranks a token in the environment
-            given.setdefault("os_auth_token", env.get("OS_AUTH_TOKEN") or env.get("OS_TOKEN") or None)
+                              "--os-cloud, --os-auth-token, --os-auth-token-file or --os-image-url")
+        if given.get("os_auth_token") and given.get("os_auth_token_file"):
+            raise ConfigError("give one of --os-auth-token and --os-auth-token-file")
+        # An explicit --os-cloud, token or token file outranks a token in the environment.
+        if not {"os_cloud", "os_auth_token", "os_auth_token_file"} & given.keys():
+            token = env.get("OS_AUTH_TOKEN") or env.get("OS_TOKEN") or None
+            token_file = env.get("OS_AUTH_TOKEN_FILE") or None
+            if token and token_file:
+                raise ConfigError("OS_AUTH_TOKEN and OS_AUTH_TOKEN_FILE are both set; "
+                                  "unset one")
+            given.update(os_auth_token=token, os_auth_token_file=token_file)
+        if given.get("os_auth_token_file"):  # read again later, maybe from another directory
+            given["os_auth_token_file"] = os.path.abspath(given["os_auth_token_file"])
         given.setdefault("os_cloud", env.get("OS_CLOUD") or None)
         given.setdefault("os_image_url", env.get("OS_IMAGE_URL") or None)
         return cls(**given)
+
+
+def service_options(args, env: Mapping[str, str] = os.environ) -> ServiceOptions:
+    """The options of a parsed command line (its image service group), with ``env``."""
+    return ServiceOptions.from_env(env, store=args.store, os_cloud=args.os_cloud,
+                                   os_auth_token=args.os_auth_token,
+                                   os_auth_token_file=args.os_auth_token_file,
+                                   os_image_url=args.os_image_url, timeout=args.timeout)
 
 
 def uses_keystone(opts: ServiceOptions, env: Mapping[str, str]) -> bool:
@@ -57,7 +80,7 @@ def describe(opts: ServiceOptions, env: Mapping[str, str] = os.environ) -> str:
     """Where the images come from, for logs and messages."""
     if opts.store:
         return f"embedded store {opts.store}"
-    if opts.os_auth_token or opts.os_image_url:
+    if opts.os_auth_token or opts.os_auth_token_file or opts.os_image_url:
         return f"Glance at {opts.os_image_url}"
     if uses_keystone(opts, env):
         return f"Glance of cloud {opts.os_cloud or 'from OS_* variables'}"
@@ -71,15 +94,18 @@ def open_api(opts: ServiceOptions, env: Mapping[str, str] = os.environ, *,
     if opts.store:
         return API(LocalDriver(opts.store), retry=retry, progress=progress), \
             RequestContext.local_admin()
-    if opts.os_auth_token or (opts.os_image_url and not uses_keystone(opts, env)):
-        if not (opts.os_auth_token and opts.os_image_url):
-            missing = "--os-image-url / OS_IMAGE_URL" if opts.os_auth_token else \
-                "--os-auth-token / OS_AUTH_TOKEN"
+    has_token = bool(opts.os_auth_token or opts.os_auth_token_file)
+    if has_token or (opts.os_image_url and not uses_keystone(opts, env)):
+        if not (has_token and opts.os_image_url):
+            missing = "--os-image-url / OS_IMAGE_URL" if has_token else \
+                "--os-auth-token / OS_AUTH_TOKEN (or --os-auth-token-file / OS_AUTH_TOKEN_FILE)"
             raise ConfigError(f"token authentication needs {missing} as well")
         from .drivers.glance import GlanceDriver
         driver = GlanceDriver(opts.os_image_url, timeout=opts.timeout)
-        return API(driver, retry=retry, progress=progress), \
-            RequestContext(auth_token=opts.os_auth_token)
+        ctx = RequestContext(auth_token=opts.os_auth_token,
+                             auth_token_file=opts.os_auth_token_file)
+        driver.check_credentials(ctx)
+        return API(driver, retry=retry, progress=progress), ctx
     if uses_keystone(opts, env):
         return _open_cloud(opts, retry, progress)
     return API(LocalDriver(default_store_dir()), retry=retry, progress=progress), \

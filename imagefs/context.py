@@ -4,6 +4,9 @@ A ``RequestContext`` is the first argument of each ``imagefs.api.API`` method,
 as ``context`` is in ``nova.image.api``.  It carries identity, never settings:
 
 - ``auth_token``: a token the Glance driver sends as ``X-Auth-Token``;
+- ``auth_token_file``: alternatively, the path of a file holding the token;
+  the Glance driver reads it at first use and again whenever Glance answers
+  401, so the token can be replaced while a mount runs;
 - ``session``: alternatively, a keystoneauth ``Session`` with an auth plugin
   (password, application credential, clouds.yaml ...); the Glance driver uses
   it for every request and lets it fetch and refresh tokens;
@@ -28,6 +31,7 @@ from typing import Any
 @dataclasses.dataclass(frozen=True)
 class RequestContext:
     auth_token: str | None = None
+    auth_token_file: str | None = None
     session: Any = None
     user_id: str | None = None
     project_id: str | None = None
@@ -44,4 +48,5 @@ class RequestContext:
         token = "***" if self.auth_token else None
         return (f"RequestContext(user_id={self.user_id!r}, project_id={self.project_id!r}, "
                 f"roles={self.roles!r}, is_admin={self.is_admin}, auth_token={token}, "
+                f"auth_token_file={self.auth_token_file!r}, "
                 f"session={'yes' if self.session else None})")

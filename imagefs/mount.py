@@ -19,9 +19,7 @@ import fcntl
 import logging
 import logging.handlers
 import os
-import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,11 +29,14 @@ import trio
 from .blocks import BlockReader
 from .cache import DiskCache, MemoryCache, TieredCache
 from .config import MountConfig, default_cache_dir, parse_size
-from .connect import ServiceOptions, describe, open_api
+from .connect import describe, open_api, service_options
 from .errors import ConfigError, ImagefsError
 from .fs import ImageFS
 from .fuse_ops import FuseOps
 from .malloc import keep_freed_memory
+from .mountpoint import prepare as prepare_mountpoint
+from .mountpoint import probe as probe_mountpoint
+from .mountpoint import unmount
 from .retry import RetryPolicy
 from .sources.choose import DirectOptions, SourceChooser
 from .sources.rbd import CephOptions
@@ -127,14 +128,9 @@ def _write_pid(fd: int) -> None:
 
 def run_mount(args) -> int:
     mountpoint = Path(args.mountpoint).absolute()
-    if not mountpoint.is_dir():
-        raise ConfigError(f"mount point {mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
-        raise ConfigError(f"{mountpoint} is already a mount point")
+    prepare_mountpoint(mountpoint)  # clears a mount left dead by a killed daemon
     config = config_from_args(args)
-    opts = ServiceOptions.from_env(store=args.store, os_cloud=args.os_cloud,
-                                   os_auth_token=args.os_auth_token,
-                                   os_image_url=args.os_image_url, timeout=args.timeout)
+    opts = service_options(args)
     direct = direct_from_args(args)
     api, ctx = open_api(opts, retry=config.retry)
     # Fail now, with the reason, rather than mount something that cannot list.
@@ -222,12 +218,14 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
                                  read_deadline=config.read_deadline, retry=config.retry,
                                  nursery=nursery)
             fs = ImageFS(api, ctx, config, blocks)
+            # Signals are caught before the mount exists: a SIGTERM as soon as the
+            # mount appears must unmount it, not kill the daemon.
+            await nursery.start(_watch_signals)
             try:
                 pyfuse3.init(FuseOps(fs), str(mountpoint), options)
             except RuntimeError as exc:
                 raise ConfigError(f"cannot mount at {mountpoint}: {exc}") from exc
             try:
-                nursery.start_soon(_watch_signals)
                 nursery.start_soon(_when_mounted, mountpoint, config, ready)
                 await pyfuse3.main()
             except BaseException:
@@ -249,8 +247,9 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
     return 0
 
 
-async def _watch_signals() -> None:
+async def _watch_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("%s: unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
@@ -273,13 +272,12 @@ async def _when_mounted(mountpoint: Path, config: MountConfig, ready) -> None:
 
 
 def run_umount(args) -> int:
+    """Unmount; a mount left dead by a killed daemon is detached lazily."""
     mountpoint = Path(args.mountpoint).absolute()
-    if not os.path.ismount(mountpoint):
+    state = probe_mountpoint(mountpoint)
+    if state.fstype is None and not os.path.ismount(mountpoint):
         raise ConfigError(f"{mountpoint} is not mounted")
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    cmd = [tool, "-u", str(mountpoint)] if tool else ["umount", str(mountpoint)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(f"imagefs: cannot unmount {mountpoint}: {proc.stderr.strip()}", file=sys.stderr)
-        return 1
+    unmount(mountpoint, lazy=state.dead)
+    if state.dead:
+        log.info("%s was a dead %s mount; unmounted it", mountpoint, state.fstype)
     return 0

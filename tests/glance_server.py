@@ -25,7 +25,12 @@ Glance's API):
   times), ``fail_count`` (answer ``fail_status``, default 503, to that many
   requests), ``down`` (answer 503 to everything until cleared), ``delay``
   (seconds before each data response: a stall, which ends early when the
-  faults are changed or reset).
+  faults are changed or reset);
+- ``POST /_test/tokens`` with a JSON object: ``add`` maps new tokens to an
+  existing token whose identity they share, ``revoke`` lists tokens that from
+  then on answer 401.  ``/_test/reset`` restores ``TOKENS``.
+
+``stats`` also counts the requests answered 401 (``unauthorized``).
 """
 
 from __future__ import annotations
@@ -126,8 +131,10 @@ class IdentityWrapper:
     def reset(self):
         with self.lock:
             self.stats = {"data_bytes": 0, "data_requests": 0, "range_requests": 0,
-                          "requests": 0, "list_requests": 0, "get_requests": 0}
+                          "requests": 0, "list_requests": 0, "get_requests": 0,
+                          "unauthorized": 0}
             self._set_faults({})
+            self.tokens = dict(TOKENS)
 
     def _set_faults(self, faults):
         """Under the lock.  Requests delayed by the faults before are let go now."""
@@ -162,6 +169,15 @@ class IdentityWrapper:
             with self.lock:
                 self._set_faults(faults)
             return self._simple(start_response, "200 OK", faults)
+        if path == "/_test/tokens":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            change = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            with self.lock:
+                for new, like in change.get("add", {}).items():
+                    self.tokens[new] = self.tokens[like]
+                for token in change.get("revoke", []):
+                    self.tokens.pop(token, None)
+                return self._simple(start_response, "200 OK", sorted(self.tokens))
         return self._simple(start_response, "404 Not Found", {})
 
     def __call__(self, environ, start_response):
@@ -195,10 +211,14 @@ class IdentityWrapper:
             environ.pop(key, None)
         token = environ.pop("HTTP_X_AUTH_TOKEN", None)
         if token is not None:
-            if token not in TOKENS:
+            with self.lock:
+                identity = self.tokens.get(token)
+                if identity is None:
+                    self.stats["unauthorized"] += 1
+            if identity is None:
                 return self._error(start_response, 401, "Unauthorized",
                                    "The request you have made requires authentication.")
-            user, project, roles = TOKENS[token]
+            user, project, roles = identity
             environ.update({"HTTP_X_IDENTITY_STATUS": "Confirmed", "HTTP_X_USER_ID": user,
                             "HTTP_X_PROJECT_ID": project, "HTTP_X_ROLES": ",".join(roles)})
         if not is_data:
@@ -312,6 +332,10 @@ class GlanceServer:
 
     def faults(self, **faults):
         self._post("/_test/faults", faults)
+
+    def tokens(self, add: dict[str, str] | None = None, revoke: list[str] = ()) -> list[str]:
+        """Add tokens (new token -> a token whose identity it shares), revoke others."""
+        return self._post("/_test/tokens", {"add": add or {}, "revoke": list(revoke)})
 
 
 def _serve(port: int):

@@ -193,3 +193,73 @@ def test_progress_on_a_terminal(tmp_path):
     quiet = run(["image", "create", "q", "--file", str(src), "--disk-format", "raw",
                  "--container-format", "bare", "--store", str(tmp_path / "store")])
     assert quiet.stderr == ""
+
+
+def test_a_token_file_lists_images_and_a_loose_mode_is_warned_once(tmp_path, glance_clean):
+    token_file = tmp_path / "token"
+    token_file.write_text("\n alice-token \n")
+    token_file.chmod(0o600)
+    env = {"OS_IMAGE_URL": glance_clean.url}
+    quiet = run(["image", "list", "--os-auth-token-file", str(token_file)], env)
+    assert quiet.stderr == ""
+    token_file.chmod(0o644)
+    loose = run(["image", "list", "-f", "json"], {**env, "OS_AUTH_TOKEN_FILE": str(token_file)})
+    assert isinstance(as_json(loose), list)
+    assert loose.stderr.count("readable by group or others") == 1
+    assert len(loose.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "does not exist"),
+    ("", "is empty"),
+    (" \n\n", "is empty"),
+    ("<a directory>", "cannot read"),
+])
+def test_a_missing_or_empty_token_file_is_exit_2_in_one_line(tmp_path, glance_clean, content,
+                                                             words):
+    token_file = tmp_path / "token"
+    if content == "<a directory>":
+        token_file.mkdir()
+    elif content is not None:
+        token_file.write_text(content)
+    proc = run(["image", "list", "--os-auth-token-file", str(token_file)],
+               {"OS_IMAGE_URL": glance_clean.url}, check=False)
+    assert proc.returncode == 2
+    assert words in proc.stderr and str(token_file) in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_token_and_a_token_file_together_are_refused_as_options_or_variables(tmp_path,
+                                                                             glance_clean):
+    token_file = tmp_path / "token"
+    token_file.write_text("alice-token")
+    proc = run(["image", "list", "--os-auth-token-file", str(token_file), "--os-auth-token",
+                "alice-token", "--os-image-url", glance_clean.url], check=False)
+    assert proc.returncode == 2 and "one of" in proc.stderr
+    both = run(["image", "list"], {"OS_AUTH_TOKEN": "alice-token", "OS_AUTH_TOKEN_FILE":
+                                   str(token_file), "OS_IMAGE_URL": glance_clean.url},
+               check=False)
+    assert both.returncode == 2 and "unset one" in both.stderr
+
+
+def test_a_token_on_the_command_line_still_works_and_help_says_it_is_visible(glance_clean):
+    listed = run(["image", "list", "-f", "json", "--os-auth-token", "alice-token",
+                  "--os-image-url", glance_clean.url])
+    assert isinstance(as_json(listed), list)
+    text = " ".join(run(["image", "list", "--help"]).stdout.split())
+    assert "visible to other users" in text and "--os-auth-token-file" in text
+
+
+def test_only_the_token_option_and_its_value_leave_the_command_line():
+    from imagefs.argv_token import split_token
+
+    assert split_token(["mount", "/m", "--os-auth-token", "T", "-v"]) == \
+        (["mount", "/m", "-v"], "T")
+    assert split_token(["image", "list", "--os-auth-token=T", "--name", "x"]) == \
+        (["image", "list", "--name", "x"], "T")
+    assert split_token(["image", "list", "--os-auth-token", "A", "--os-auth-token=B"]) == \
+        (["image", "list"], "B")
+    assert split_token(["image", "show", "--", "--os-auth-token", "T"]) == \
+        (["image", "show", "--", "--os-auth-token", "T"], None)
+    assert split_token(["image", "list", "--os-auth-token-file", "F"]) == \
+        (["image", "list", "--os-auth-token-file", "F"], None)

@@ -18,13 +18,22 @@ as ``bytes%3D0-1023`` and is refused with 416.  What Glance does with ranges:
   such an image instead (this driver keeps no memory of it);
 - a queued image has ``size`` None and its data GET answers 204 (a *ranged*
   GET of it fails inside Glance with a 500: callers check the status first).
+
+A context with ``auth_token_file`` gets a session whose auth plugin is
+``TokenFileAuth``: keystoneauth's Session retries any request answered 401
+once after asking the plugin to ``invalidate``, and the plugin answers that by
+reading the file again.  Record calls (through glanceclient) and data GETs
+(through the session) go through the same session, so both pick up a token
+rotated in the file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import stat
 import threading
 import urllib.parse
 from typing import Any, Iterator
@@ -130,6 +139,70 @@ class _IterReader:
         return out
 
 
+def read_token_file(path: str) -> tuple[str, int]:
+    """The token in ``path`` with surrounding whitespace stripped, and the file's
+    permission bits.  ConfigError if the file is missing, unreadable, empty or
+    holds more than one word."""
+    try:
+        with open(path, "rb") as f:
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            raw = f.read(65536)
+    except FileNotFoundError:
+        raise ConfigError(f"token file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read token file {path}: {exc.strerror}") from None
+    try:
+        token = raw.decode().strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"token file {path} does not hold text") from None
+    if not token:
+        raise ConfigError(f"token file {path} is empty")
+    if len(token.split()) > 1:
+        raise ConfigError(f"token file {path} holds more than one word; it must hold the "
+                          "token alone")
+    return token, mode
+
+
+class TokenFileAuth(token_endpoint.Token):
+    """A keystoneauth auth plugin: Glance at ``endpoint``, the token in ``path``.
+
+    The file is read once here (ConfigError if that fails; a warning if group
+    or others may read it).  ``get_token`` answers the token last read.
+    ``invalidate``, which the Session calls when a request is answered 401
+    before it retries that request once, reads the file again and returns True
+    when it now holds a token other than the one the calling thread sent; a
+    file that cannot be read again keeps the token read before (a warning).
+    Safe to use from many threads.
+    """
+
+    def __init__(self, endpoint: str, path: str):
+        token, mode = read_token_file(path)
+        if mode & 0o044:
+            log.warning("token file %s is readable by group or others (mode %04o); "
+                        "chmod 600 it", path, mode)
+        super().__init__(endpoint, token)
+        self.path = path
+        self._lock = threading.Lock()
+        self._sent = threading.local()
+
+    def get_token(self, session, **kwargs) -> str:
+        token = self.token
+        self._sent.token = token
+        return token
+
+    def invalidate(self) -> bool:
+        with self._lock:
+            try:
+                token, _ = read_token_file(self.path)
+            except ConfigError as exc:
+                log.warning("%s; keeping the token read before", exc)
+                return False
+            if token != self.token:
+                log.info("token file %s holds a new token", self.path)
+                self.token = token
+        return token != getattr(self._sent, "token", None)
+
+
 class GlanceDriver:
     """Glance v2 at ``endpoint`` (e.g. ``http://glance:9292``).
 
@@ -172,7 +245,8 @@ class GlanceDriver:
     # ---- clients ----------------------------------------------------------
     def _clients(self, ctx: RequestContext):
         """(keystoneauth session, endpoint, glanceclient client) for ``ctx``."""
-        key = id(ctx.session) if ctx.session is not None else ctx.auth_token
+        key = id(ctx.session) if ctx.session is not None else \
+            ("file", ctx.auth_token_file) if ctx.auth_token_file else ctx.auth_token
         with self._lock:
             cached = self._sessions.get(key)
             if cached is not None:
@@ -189,14 +263,16 @@ class GlanceDriver:
                 endpoint = endpoint.rstrip("/")
                 if endpoint.endswith("/v2"):
                     endpoint = endpoint[:-3]
-        elif ctx.auth_token:
+        elif ctx.auth_token or ctx.auth_token_file:
             if not self.endpoint:
                 raise ConfigError("a token needs an image endpoint (--os-image-url / OS_IMAGE_URL)")
             endpoint = self.endpoint
-            session = ksa_session.Session(auth=token_endpoint.Token(endpoint, ctx.auth_token),
-                                          timeout=self.timeout)
+            auth = TokenFileAuth(endpoint, ctx.auth_token_file) if ctx.auth_token_file else \
+                token_endpoint.Token(endpoint, ctx.auth_token)
+            session = ksa_session.Session(auth=auth, timeout=self.timeout)
         else:
-            raise ImageNotAuthorized("no credentials: the context has neither a token nor a session")
+            raise ImageNotAuthorized("no credentials: the context has no token, token file or "
+                                     "session")
         client = glanceclient.Client("2", endpoint=endpoint, session=session,
                                      global_request_id=ctx.request_id)
         entry = (session, endpoint, client)
@@ -205,6 +281,12 @@ class GlanceDriver:
                 self._sessions.clear()
             self._sessions[key] = entry
         return entry
+
+    def check_credentials(self, ctx: RequestContext) -> None:
+        """ConfigError now if a token or token-file context cannot be used at all
+        (no endpoint; a token file missing, unreadable or empty).  Sends nothing."""
+        if ctx.session is None:
+            self._clients(ctx)
 
     def _images(self, ctx: RequestContext):
         return self._clients(ctx)[2].images
