@@ -7,7 +7,9 @@ SIGINT and SIGTERM unmount cleanly; after a clean unmount the daemon exits 0.
 
 One mount per cache directory: the daemon holds an exclusive ``flock`` on
 ``<cache dir>/lock`` for its whole life, and a second mount on the same
-directory is refused with the first one's pid.
+directory is refused with the first one's pid.  The directory is claimed
+first (``imagefs.cache.directory``): a directory that is not an imagefs
+cache is refused before anything is created in it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import trio
 
 from .blocks import BlockReader
 from .cache import DiskCache, MemoryCache
+from .cache.directory import claim
 from .config import MountConfig, default_cache_dir, parse_size
 from .connect import ServiceOptions, describe, open_api
 from .errors import ConfigError, ImagefsError
@@ -83,8 +86,9 @@ def config_from_args(args) -> MountConfig:
 
 
 def lock_cache_dir(cache_dir: Path):
-    """Hold ``<cache dir>/lock`` for the life of the mount (the fd is returned)."""
-    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Claim the cache directory, then hold ``<cache dir>/lock`` for the life of the
+    mount (the fd is returned)."""
+    claim(cache_dir)
     fd = os.open(cache_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -34,8 +34,12 @@ zeroed and is written again when the block is next fetched.
 The index (which slots exist, and the groups in least-recently-used order) is
 rebuilt when the cache opens from each group's trailer and its file's mtime.
 A hit touches its group's mtime if it is more than a minute old.  Eviction
-removes whole groups, least recently used first.  Directories are 0700 and
-files 0600: only the mount's user reads them.
+removes whole groups, least recently used first.  Directories the cache
+creates are 0700 and its files 0600: only the mount's user reads them.
+
+The root is claimed first (``directory.claim``: tagged with a
+``CACHEDIR.TAG``, or refused); the cache cleans up only inside
+``<root>/blocks``: entries of an older layout and empty group files.
 
 All methods are thread-safe and blocking: call them from worker threads.
 ``store_later`` queues a block for the cache's own writer threads (a
@@ -65,6 +69,8 @@ from pathlib import Path
 
 import xxhash
 
+from ..errors import ConfigError
+from .directory import claim
 from .keys import BlockKey
 
 log = logging.getLogger(__name__)
@@ -120,6 +126,10 @@ class _Group:
 
 
 class DiskCache:
+    """The disk tier in ``root``, bounded by ``max_bytes`` of blocks.  Raises
+    ``ConfigError`` for a root that is not, or cannot be made, an imagefs cache
+    directory."""
+
     def __init__(self, root: str | os.PathLike, max_bytes: int, *, direct: bool = True,
                  writers: int = WRITERS):
         self.root = Path(root)
@@ -136,13 +146,15 @@ class DiskCache:
         self._queue: queue.Queue = queue.Queue(maxsize=16)
         self.writers = writers
         self._writers: list[threading.Thread] = []
-        old = os.umask(0o077)
+        claim(self.root)
         try:
-            for d in (self.root, self.blocks):
-                d.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.chmod(d, 0o700)
-        finally:
-            os.umask(old)
+            self.blocks.mkdir(mode=0o700)
+            os.chmod(self.blocks, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ConfigError(f"cannot create {self.blocks}: {exc.strerror}; choose "
+                              "another --cache-dir") from None
         self._scan()
 
     # ---- where things are -----------------------------------------------------
@@ -159,7 +171,6 @@ class DiskCache:
 
     # ---- the index ------------------------------------------------------------
     def _scan(self) -> None:
-        shutil.rmtree(self.root / "tmp", ignore_errors=True)  # an older version's layout
         found, stale = [], 0
         for sub in self.blocks.iterdir():
             name, _, block_size = sub.name.partition(".")

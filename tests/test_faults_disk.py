@@ -1,0 +1,136 @@
+"""Faults of the disk cache's directory and filesystem, through real mounts on the real
+Glance: a directory that is not a cache, one that cannot be created."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from test_mount import Mount, imagefs
+
+pytestmark = [pytest.mark.mount, pytest.mark.glance]
+MiB = 1 << 20
+
+if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
+    pytest.skip("needs /dev/fuse and root (tmpfs and bind mounts)", allow_module_level=True)
+
+
+class Mounts:
+    """Filesystems and imagefs mounts made by one test; ``close`` unmounts them all,
+    imagefs first."""
+
+    def __init__(self, tmp_path: Path, glance_url: str):
+        self.tmp_path = tmp_path
+        self.env = {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance_url}
+        self.filesystems: list[Path] = []
+        self.imagefs_mounts: list[Mount] = []
+
+    def tmpfs(self, target: Path, size: str) -> Path:
+        return self._mount(target, "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs")
+
+    def bind(self, source: Path, target: Path) -> Path:
+        source.mkdir(parents=True, exist_ok=True)
+        return self._mount(target, "--bind", str(source))
+
+    @staticmethod
+    def read_only(target: Path) -> None:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(target)], check=True,
+                       capture_output=True)
+
+    def _mount(self, target: Path, *args: str) -> Path:
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", *args, str(target)], check=True, capture_output=True)
+        self.filesystems.append(target)
+        return target
+
+    def imagefs(self, cache_dir: Path, name: str = "mnt") -> Mount:
+        m = Mount(self.tmp_path / name, cache_dir, self.env)
+        self.imagefs_mounts.append(m)
+        return m
+
+    def close(self) -> list[str]:
+        """Unmount everything; the logs of imagefs mounts that did not end cleanly."""
+        bad = []
+        for m in self.imagefs_mounts:
+            try:
+                if m.unmount() != 0 or "Traceback" in m.output():
+                    bad.append(m.output())
+            except Exception as exc:  # go on: the filesystems below must be unmounted
+                bad.append(f"{exc}\n{m.output()}")
+        for target in reversed(self.filesystems):
+            for _ in range(100):  # a daemon may still be exiting, its files open
+                if subprocess.run(["umount", str(target)], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.1)
+            else:
+                subprocess.run(["umount", "-l", str(target)], capture_output=True)
+        return bad
+
+
+@pytest.fixture
+def mounts(glance_clean, tmp_path):
+    made = Mounts(tmp_path, glance_clean.url)
+    try:
+        yield made
+    finally:
+        bad = made.close()
+    assert not bad, bad[0]
+
+
+def tree(root: Path) -> list[tuple[str, int, bytes]]:
+    return sorted((str(p.relative_to(root)), stat.S_IMODE(p.lstat().st_mode),
+                   p.read_bytes() if p.is_file() else b"") for p in [root, *root.rglob("*")])
+
+
+def refused_to_mount(mnt: Path, proc: subprocess.CompletedProcess) -> None:
+    """The mount failed with exit 2 and one line on stderr; nothing is mounted."""
+    try:
+        assert proc.returncode == 2, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "internal error" not in proc.stderr
+    finally:  # (a mount that should not have happened is still unmounted)
+        if os.path.ismount(mnt):
+            imagefs("umount", str(mnt))
+    assert not os.path.ismount(mnt)
+
+
+# ---- the directory -----------------------------------------------------------------------
+def test_mount_refuses_a_non_empty_directory_that_is_not_a_cache_and_leaves_it_as_it_was(
+        mounts, tmp_path):
+    home = tmp_path / "home"
+    (home / "tmp").mkdir(parents=True)
+    (home / "tmp" / "draft").write_text("mine")
+    (home / "notes").write_text("mine too")
+    home.chmod(0o755)
+    before = tree(home)
+    (tmp_path / "mnt").mkdir()
+    proc = imagefs("mount", str(tmp_path / "mnt"), "--cache-dir", str(home), env=mounts.env)
+    refused_to_mount(tmp_path / "mnt", proc)
+    assert "is not empty and is not an imagefs cache" in proc.stderr
+    assert "--cache-dir" in proc.stderr
+    assert tree(home) == before
+
+
+@pytest.mark.parametrize("fault", ["full", "read_only"])
+def test_a_cache_dir_that_cannot_be_created_fails_the_mount_with_the_reason(
+        mounts, tmp_path, fault):
+    parent = tmp_path / "fs"
+    if fault == "full":
+        mounts.tmpfs(parent, "1m")
+        with pytest.raises(OSError):
+            (parent / "filler").write_bytes(bytes(2 * MiB))
+        reason = "No space left on device"
+    else:
+        mounts.bind(tmp_path / "source", parent)
+        mounts.read_only(parent)
+        reason = "Read-only file system"
+    (tmp_path / "mnt").mkdir()
+    proc = imagefs("mount", str(tmp_path / "mnt"), "--cache-dir", str(parent / "cache"),
+                   env=mounts.env)
+    refused_to_mount(tmp_path / "mnt", proc)
+    assert f"cannot create cache directory {parent / 'cache'}: {reason}" in proc.stderr
+    assert not (parent / "cache").exists()
