@@ -23,6 +23,10 @@ def key(i, version="v1", image="img", block_size=64 * 1024):
     return BlockKey(image, version, block_size, i)
 
 
+def warnings(caplog) -> list[str]:
+    return [r.message for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_memory_tier_is_bounded_by_bytes_and_lru():
     mem = MemoryCache(3000)
     for i in range(3):
@@ -332,3 +336,33 @@ def test_a_cache_directory_that_cannot_be_created_is_refused_with_the_reason(tmp
     (tmp_path / "a-file").write_text("")
     with pytest.raises(ConfigError, match="cannot create cache directory .*: Not a directory"):
         DiskCache(tmp_path / "a-file" / "c", 1 << 20)
+
+
+# ---- a directory where a group file belongs ----------------------------------------------
+def test_a_directory_where_a_group_file_belongs_is_removed_at_the_scan(tmp_path, caplog):
+    root = tmp_path / "c"
+    disk = DiskCache(root, 64 << 20)
+    disk.store(key(1), b"a" * 1000)
+    squatter = disk.path(key(GROUP_BLOCKS))
+    squatter.mkdir()
+    (squatter / "junk").write_bytes(b"j")
+    with caplog.at_level(logging.INFO, logger="imagefs.cache.disk"):
+        again = DiskCache(root, 64 << 20)
+    assert not squatter.exists()
+    assert [r.message for r in caplog.records if str(squatter) in r.message] == [
+        f"disk cache: removed the directory {squatter}, where a group file belongs"]
+    again.store(key(GROUP_BLOCKS), b"b" * 1000)
+    assert DiskCache(root, 64 << 20).load(key(GROUP_BLOCKS)) == b"b" * 1000
+    assert again.load(key(1)) == b"a" * 1000
+
+
+def test_a_store_that_meets_a_directory_in_its_slot_removes_it_and_stores_the_block(
+        tmp_path, caplog):
+    disk = DiskCache(tmp_path / "c", 64 << 20)
+    disk.store(key(1), b"a" * 1000)
+    squatter = disk.path(key(GROUP_BLOCKS))
+    (squatter / "deeper").mkdir(parents=True)
+    with caplog.at_level(logging.INFO, logger="imagefs.cache.disk"):
+        disk.store(key(GROUP_BLOCKS), b"b" * 1000)
+    assert squatter.is_file() and disk.load(key(GROUP_BLOCKS)) == b"b" * 1000
+    assert len(warnings(caplog)) == 1 and "removed the directory" in warnings(caplog)[0]

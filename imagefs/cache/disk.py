@@ -39,7 +39,9 @@ creates are 0700 and its files 0600: only the mount's user reads them.
 
 The root is claimed first (``directory.claim``: tagged with a
 ``CACHEDIR.TAG``, or refused); the cache cleans up only inside
-``<root>/blocks``: entries of an older layout and empty group files.
+``<root>/blocks``: entries of an older layout, empty group files, and a
+directory where a group file belongs (at the scan, or when a store meets
+it; the block is then stored).
 
 All methods are thread-safe and blocking: call them from worker threads.
 ``store_later`` queues a block for the cache's own writer threads (a
@@ -184,10 +186,18 @@ class DiskCache:
             self._dirs.add(sub.name)
             for entry in os.scandir(sub):
                 with contextlib.suppress(OSError, ValueError):
+                    group = int(entry.name, 16)
+                    if entry.is_dir(follow_symlinks=False):
+                        try:
+                            self._remove_directory(Path(entry.path))
+                        except OSError as exc:
+                            log.warning("disk cache: cannot remove the directory %s, where a "
+                                        "group file belongs: %s", entry.path, exc)
+                        continue
                     slots = self._slots_in(entry.path, int(block_size))
                     if slots:
                         mtime = entry.stat().st_mtime
-                        found.append((mtime, (sub.name, int(entry.name, 16)),
+                        found.append((mtime, (sub.name, group),
                                       _Group(slots, int(block_size), mtime)))
                     else:
                         os.unlink(entry.path)  # nothing in it (its blocks were dropped)
@@ -329,11 +339,7 @@ class DiskCache:
         header = _HEADER.pack(_MAGIC, len(data), _checksum(data), key.digest())
         path = self.path(key)
         try:
-            if where[0] not in self._dirs:
-                path.parent.mkdir(mode=0o700, exist_ok=True)
-                self._dirs.add(where[0])
-            self._write_block(path, data, slot * bs, bs)
-            _write_at(path, header, GROUP_BLOCKS * bs + slot * _ENTRY)
+            self._write_slot(where, path, data, header, slot * bs, bs)
         except OSError as exc:  # a full or broken cache disk costs speed, not reads
             log.warning("disk cache: cannot store a block in %s: %s", self.root, exc)
             return
@@ -346,6 +352,27 @@ class DiskCache:
                 group.slots.add(slot)
                 self._bytes += bs
         self._evict()
+
+    def _write_slot(self, where: tuple[str, int], path: Path, data: bytes, header: bytes,
+                    offset: int, block_size: int) -> None:
+        """The block, then its header; a directory in the group file's place is removed
+        first."""
+        if where[0] not in self._dirs:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            self._dirs.add(where[0])
+        try:
+            self._write_block(path, data, offset, block_size)
+        except IsADirectoryError:
+            self._remove_directory(path)
+            self._write_block(path, data, offset, block_size)
+        slot = offset // block_size
+        _write_at(path, header, GROUP_BLOCKS * block_size + slot * _ENTRY)
+
+    @staticmethod
+    def _remove_directory(path: Path) -> None:
+        """A directory where a group file belongs (always inside ``blocks``): removed."""
+        shutil.rmtree(path)
+        log.warning("disk cache: removed the directory %s, where a group file belongs", path)
 
     def _write_block(self, path: Path, data: bytes, offset: int, block_size: int) -> None:
         """Write a block's bytes into its slot: with ``O_DIRECT`` where the cache's
