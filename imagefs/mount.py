@@ -33,7 +33,7 @@ import trio
 from .blocks import BlockReader
 from .cache import DiskCache, MemoryCache
 from .cache.directory import claim
-from .config import MountConfig, default_cache_dir, parse_size
+from .config import MountConfig, default_cache_dir, parse_free_space, parse_size
 from .connect import ServiceOptions, describe, open_api
 from .errors import ConfigError, ImagefsError
 from .fs import ImageFS
@@ -50,6 +50,8 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help=f"disk cache (default {default_cache_dir()})")
     p.add_argument("--cache-size", default="20G", metavar="SIZE",
                    help="disk cache bound (default 20G; 0 disables it)")
+    p.add_argument("--cache-min-free", default="5%", metavar="SIZE|PERCENT",
+                   help="free space the disk cache leaves on its filesystem (default 5%%)")
     p.add_argument("--memory-cache", default="256M", metavar="SIZE",
                    help="memory cache bound (default 256M)")
     p.add_argument("--block-size", default="1M", metavar="SIZE",
@@ -76,6 +78,7 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
 
 def config_from_args(args) -> MountConfig:
     kwargs = dict(cache_size=parse_size(args.cache_size),
+                  cache_min_free=parse_free_space(args.cache_min_free),
                   memory_cache=parse_size(args.memory_cache),
                   block_size=parse_size(args.block_size), fetch_threads=args.fetch_threads,
                   list_ttl=args.list_ttl, record_ttl=args.record_ttl,
@@ -187,7 +190,8 @@ def serve(api, ctx, config: MountConfig, mountpoint: Path, ready) -> int:
     if config.allow_other:
         options.add("allow_other")
     memory = MemoryCache(config.memory_cache)
-    disk = DiskCache(config.cache_dir, config.cache_size) if config.cache_size > 0 else None
+    disk = DiskCache(config.cache_dir, config.cache_size, min_free=config.cache_min_free) \
+        if config.cache_size > 0 else None
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -1,16 +1,21 @@
 """Faults of the disk cache's directory and filesystem, through real mounts on the real
-Glance: a directory that is not a cache, one that cannot be created."""
+Glance: a directory that is not a cache, one that cannot be created, a small filesystem."""
 
 from __future__ import annotations
 
 import os
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import ALICE, make_image, random_bytes
 from test_mount import Mount, imagefs
+
+from imagefs.api import API
+from imagefs.drivers.glance import GlanceDriver
 
 pytestmark = [pytest.mark.mount, pytest.mark.glance]
 MiB = 1 << 20
@@ -81,6 +86,23 @@ def mounts(glance_clean, tmp_path):
     assert not bad, bad[0]
 
 
+def upload(glance, data: bytes, tag: str) -> str:
+    return make_image(API(GlanceDriver(glance.url)), ALICE, tag, data=data)["id"]
+
+
+def read_back(path: Path, data: bytes, chunk: int = 4 * MiB) -> None:
+    """Read ``path`` whole and compare it with ``data``, ``chunk`` bytes at a time."""
+    with open(path, "rb") as f:
+        for offset in range(0, len(data) + 1, chunk):
+            got = f.read(chunk)
+            assert got == data[offset:offset + chunk], f"bytes differ at {offset}"
+        assert f.read(1) == b""
+
+
+def warning_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "WARNING" in line]
+
+
 def tree(root: Path) -> list[tuple[str, int, bytes]]:
     return sorted((str(p.relative_to(root)), stat.S_IMODE(p.lstat().st_mode),
                    p.read_bytes() if p.is_file() else b"") for p in [root, *root.rglob("*")])
@@ -134,3 +156,41 @@ def test_a_cache_dir_that_cannot_be_created_fails_the_mount_with_the_reason(
     refused_to_mount(tmp_path / "mnt", proc)
     assert f"cannot create cache directory {parent / 'cache'}: {reason}" in proc.stderr
     assert not (parent / "cache").exists()
+
+
+# ---- free space --------------------------------------------------------------------------
+def test_a_200_mib_image_read_through_a_64_mib_tmpfs_cache_leaves_5_percent_free(
+        mounts, glance_clean, tmp_path):
+    data = random_bytes(200 * MiB)
+    image = upload(glance_clean, data, "tmpfs-cache")
+    cache = mounts.tmpfs(tmp_path / "tmpfs", "64m")
+    st = os.statvfs(cache)
+    size = st.f_blocks * st.f_frsize
+    lowest = [st.f_bavail * st.f_frsize]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            s = os.statvfs(cache)
+            lowest[0] = min(lowest[0], s.f_bavail * s.f_frsize)
+            time.sleep(0.002)
+    m = mounts.imagefs(cache)
+    glance_clean.reset()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        read_back(m.image(image) / "data", data)
+        assert m.unmount() == 0, m.output()  # the blocks still queued are written too
+    finally:
+        stop.set()
+        sampler.join()
+    s = os.statvfs(cache)
+    lowest[0] = min(lowest[0], s.f_bavail * s.f_frsize)
+    warnings = warning_lines(m.output())
+    fetched = glance_clean.stats()["data_bytes"]
+    print(f"\n200 MiB through a 64 MiB tmpfs cache: at least {lowest[0] / MiB:.1f} MiB "
+          f"({100 * lowest[0] / size:.1f}%) free, {len(warnings)} warnings, "
+          f"{fetched} bytes from Glance")
+    assert lowest[0] >= 0.05 * size
+    assert len(warnings) < 10, "\n".join(warnings[:20])
+    assert fetched >= len(data)

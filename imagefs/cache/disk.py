@@ -43,6 +43,16 @@ The root is claimed first (``directory.claim``: tagged with a
 directory where a group file belongs (at the scan, or when a store meets
 it; the block is then stored).
 
+Two bounds: ``max_bytes`` of blocks, and ``min_free`` left free on the
+cache's filesystem.  Before a store, the free space (``statvfs``, read again
+at most once a second and counted down by each store in between) is kept
+above the minimum by evicting groups, least recently used first; with
+nothing left to evict the store is skipped.  A store that fails with ENOSPC
+or EDQUOT evicts back to the minimum and turns stores off: the cache then
+serves what it holds and stores nothing; every 30 s a store checks the free
+space again, and stores resume if there is room.  The first turn off is
+logged as a warning, later ones and each resumption at info.
+
 All methods are thread-safe and blocking: call them from worker threads.
 ``store_later`` queues a block for the cache's own writer threads (a
 bounded queue: a full one makes the caller wait), so that a stream reading
@@ -59,6 +69,7 @@ import dataclasses
 import errno
 import hashlib
 import logging
+import math
 import mmap
 import os
 import queue
@@ -71,6 +82,7 @@ from pathlib import Path
 
 import xxhash
 
+from ..config import FreeSpace
 from ..errors import ConfigError
 from .directory import claim
 from .keys import BlockKey
@@ -88,6 +100,9 @@ _TRAILER = GROUP_BLOCKS * _ENTRY
 WRITERS = 2
 _ALIGN = 4096  # O_DIRECT: offsets, lengths and memory in multiples of this
 _TOUCH_EVERY = 60.0  # seconds: recency on disk is kept to this precision
+_STATVFS_EVERY = 1.0  # seconds between reads of the filesystem's free space
+_RECHECK_EVERY = 30.0  # seconds between checks of a full cache filesystem
+_now = time.monotonic
 #: xxh3 rather than zlib.crc32: ~32 GB/s against ~3.5 on the test machine, and
 #: every byte of the disk tier is checked on each write and read.
 _checksum = xxhash.xxh3_64_intdigest
@@ -128,18 +143,21 @@ class _Group:
 
 
 class DiskCache:
-    """The disk tier in ``root``, bounded by ``max_bytes`` of blocks.  Raises
-    ``ConfigError`` for a root that is not, or cannot be made, an imagefs cache
-    directory."""
+    """The disk tier in ``root``, bounded by ``max_bytes`` of blocks and by ``min_free``
+    (none by default) left free on its filesystem.  Raises ``ConfigError`` for a root
+    that is not, or cannot be made, an imagefs cache directory."""
 
     def __init__(self, root: str | os.PathLike, max_bytes: int, *, direct: bool = True,
-                 writers: int = WRITERS):
+                 writers: int = WRITERS, min_free: FreeSpace = FreeSpace()):
         self.root = Path(root)
         self._direct = direct  # cleared if the filesystem refuses O_DIRECT
         self._buffers = threading.local()
         self.blocks = self.root / "blocks"
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        # Held from choosing groups to evict until their files are gone, so that no
+        # store counts on space that is not free yet.  Taken before _lock, never inside.
+        self._evicting = threading.Lock()
         # (image dir, group) -> _Group, least recently used first
         self._groups: collections.OrderedDict[tuple[str, int], _Group] = \
             collections.OrderedDict()
@@ -148,6 +166,14 @@ class DiskCache:
         self._queue: queue.Queue = queue.Queue(maxsize=16)
         self.writers = writers
         self._writers: list[threading.Thread] = []
+        self.min_free = min_free
+        self._free = 0  # bytes free on the filesystem: statvfs's, less stores' since
+        self._min_free_bytes = 0
+        self._free_read_at = -math.inf
+        self._pending = 0  # bytes of stores under way (not yet in statvfs's figure)
+        self._off_until: float | None = None  # stores are off until a check then
+        self._warned_off = False
+        self._told_no_room = False
         claim(self.root)
         try:
             self.blocks.mkdir(mode=0o700)
@@ -329,20 +355,32 @@ class DiskCache:
 
     # ---- writing --------------------------------------------------------------
     def store(self, key: BlockKey, data: bytes) -> None:
-        """Write the block into its slot and evict the least recently used over the bound."""
+        """Write the block into its slot and evict the least recently used over the
+        bounds; skipped while stores are off, or when even eviction leaves no room
+        above ``min_free``."""
         if self.max_bytes <= 0:
             return
         if len(data) > key.block_size:
             raise ValueError(f"a block of {len(data)} bytes is over the block size")
         where, slot = self.locate(key)
         bs = key.block_size
+        need = -(-len(data) // _ALIGN) * _ALIGN + _ALIGN  # its pages and its header's
+        with self._evicting:
+            with self._lock:
+                room, victims = self._make_room(where, need)
+            self._remove_groups(victims)
+        if not room:
+            return
         header = _HEADER.pack(_MAGIC, len(data), _checksum(data), key.digest())
         path = self.path(key)
         try:
             self._write_slot(where, path, data, header, slot * bs, bs)
         except OSError as exc:  # a full or broken cache disk costs speed, not reads
-            log.warning("disk cache: cannot store a block in %s: %s", self.root, exc)
+            self._store_failed(where, exc)
             return
+        finally:
+            with self._lock:
+                self._pending -= need
         with self._lock:
             group = self._groups.get(where)
             if group is None:
@@ -440,15 +478,98 @@ class DiskCache:
             thread.join()
         self._writers = []
 
+    # ---- the bounds -----------------------------------------------------------------
     def _evict(self) -> None:
-        victims = []
-        with self._lock:
-            while self._bytes > self.max_bytes and self._groups:
-                where, group = self._groups.popitem(last=False)
-                self._bytes -= group.bytes
-                victims.append(where)
+        with self._evicting:
+            victims = []
+            with self._lock:
+                while self._bytes > self.max_bytes and self._groups:
+                    victims.append(self._pop_oldest())
+            self._remove_groups(victims)
+
+    def _pop_oldest(self, keep: tuple[str, int] | None = None) -> tuple[str, int] | None:
+        """Out of the index: the least recently used group other than ``keep`` (None if
+        there is none).  Under both locks: the caller removes its file before it lets
+        go of ``_evicting``."""
+        where = next((w for w in self._groups if w != keep), None)
+        if where is not None:
+            group = self._groups.pop(where)
+            self._bytes -= group.bytes
+            self._free += group.bytes
+        return where
+
+    def _remove_groups(self, victims: list[tuple[str, int]]) -> None:
         for image_dir, group in victims:
             with contextlib.suppress(OSError):
                 (self.blocks / image_dir / f"{group:x}").unlink()
         if victims:
             log.debug("disk cache: evicted %d groups", len(victims))
+
+    def _read_free(self) -> None:
+        """Read the filesystem's free space and minimum.  Under the lock."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return  # keep the last figures
+        self._free = st.f_bavail * st.f_frsize - self._pending
+        self._min_free_bytes = self.min_free.of(st.f_blocks * st.f_frsize)
+        self._free_read_at = _now()
+
+    def _make_room(self, near: tuple[str, int], need: int) -> tuple[bool, list]:
+        """Whether a store of ``need`` bytes into group ``near`` may go ahead, and the
+        groups evicted to keep ``min_free`` (their files are the caller's to remove).
+        Reserves ``need``.  Under the lock."""
+        now = _now()
+        if self._off_until is not None:
+            if now < self._off_until:
+                return False, []
+            self._read_free()
+            if self._free - need < self._min_free_bytes:
+                self._off_until = now + _RECHECK_EVERY
+                return False, []
+            self._off_until = None
+            log.info("disk cache %s: storing blocks again (%.1f MiB free)", self.root,
+                     self._free / 2**20)
+        elif now - self._free_read_at >= _STATVFS_EVERY:
+            self._read_free()
+        victims = []
+        while self._free - need < self._min_free_bytes:
+            victim = self._pop_oldest(keep=near)
+            if victim is None:
+                if not self._told_no_room:
+                    self._told_no_room = True
+                    log.info("disk cache %s: its filesystem has under %s (%.1f MiB) free and "
+                             "the cache nothing left to evict: not storing until it has room",
+                             self.root, self.min_free, self._min_free_bytes / 2**20)
+                return False, victims
+            victims.append(victim)
+        self._free -= need
+        self._pending += need
+        return True, victims
+
+    def _store_failed(self, where: tuple[str, int], exc: OSError) -> None:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            with self._evicting:
+                victims = []
+                with self._lock:  # give back at least the minimum, and at least one group
+                    self._read_free()
+                    while not victims or self._free < self._min_free_bytes:
+                        victim = self._pop_oldest(keep=where)
+                        if victim is None:
+                            break
+                        victims.append(victim)
+                self._remove_groups(victims)
+            self._stop_storing(f"its filesystem is full ({exc.strerror})")
+        else:
+            log.warning("disk cache: cannot store a block in %s: %s", self.root, exc)
+
+    def _stop_storing(self, why: str) -> None:
+        """Stores off until the next check; one warning for the first time, info after."""
+        with self._lock:
+            if self._off_until is not None:
+                return
+            self._off_until = _now() + _RECHECK_EVERY
+            first, self._warned_off = not self._warned_off, True
+        (log.warning if first else log.info)(
+            "disk cache %s: %s; serving the blocks it holds and storing no new ones "
+            "(checking again every %d s)", self.root, why, _RECHECK_EVERY)
