@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import faulthandler
 import fcntl
 import logging
@@ -88,24 +89,57 @@ def config_from_args(args) -> MountConfig:
     return MountConfig(**kwargs)
 
 
-def lock_cache_dir(cache_dir: Path):
+def lock_cache_dir(cache_dir: Path) -> int | None:
     """Claim the cache directory, then hold ``<cache dir>/lock`` for the life of the
-    mount (the fd is returned)."""
+    mount (the fd is returned).  The lock is held through a read-only fd, so that the
+    mount does not keep its cache's filesystem from being remounted read-only.  On a
+    read-only cache directory the lock file is locked if it exists, and otherwise the
+    mount goes without (None): nobody can write that cache, so sharing it is harmless."""
     claim(cache_dir)
-    fd = os.open(cache_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    path = cache_dir / "lock"
+    writable = True
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise ConfigError(f"cannot create {path}: {exc.strerror}; choose another "
+                              "--cache-dir") from None
+        writable = False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        log.info("cache directory %s is read-only and has no lock file: mounting without "
+                 "the lock", cache_dir)
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:  # EBADF: NFS locks need a writable fd
+            if exc.errno != errno.EBADF or not writable:
+                raise
+            os.close(fd)
+            fd = os.open(path, os.O_RDWR)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise ConfigError(f"cache directory {cache_dir} is in use by another imagefs mount "
                           f"(pid {holder}); give this mount its own --cache-dir") from None
+    if not writable:
+        log.info("cache directory %s is read-only: holding its lock without writing the pid",
+                 cache_dir)
     return fd
 
 
-def _write_pid(fd: int) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+def _write_pid(cache_dir: Path) -> None:
+    """Write this process's pid into the lock file (for a refused second mount to show);
+    not on a read-only cache directory."""
+    with contextlib.suppress(OSError):
+        fd = os.open(cache_dir / "lock", os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, f"{os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
 
 
 def run_mount(args) -> int:
@@ -121,16 +155,22 @@ def run_mount(args) -> int:
     api, ctx = open_api(opts, retry=config.retry)
     # Fail now, with the reason, rather than mount something that cannot list.
     next(iter(api.get_all(ctx, limit=1)), None)
-    lock_fd = lock_cache_dir(config.cache_dir)
+    lock_cache_dir(config.cache_dir)  # held (an open fd) until the process exits
     log.info("mounting %s at %s (cache %s)", describe(opts), mountpoint, config.cache_dir)
     if args.foreground:
-        _write_pid(lock_fd)
+        _write_pid(config.cache_dir)
         return serve(api, ctx, config, mountpoint, ready=None)
+    log_file = Path(args.log) if args.log else config.cache_dir / "imagefs.log"
+    try:  # fail here, with the reason, rather than in the daemon
+        os.close(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise ConfigError(f"cannot open the log file {log_file}: {exc.strerror}; "
+                          "give another with --log") from None
     return _daemonize(lambda ready: serve(api, ctx, config, mountpoint, ready),
-                      lock_fd, Path(args.log) if args.log else config.cache_dir / "imagefs.log")
+                      config.cache_dir, log_file)
 
 
-def _daemonize(run, lock_fd: int, log_file: Path) -> int:
+def _daemonize(run, cache_dir: Path, log_file: Path) -> int:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:  # the parent: wait for the child's word
@@ -145,7 +185,7 @@ def _daemonize(run, lock_fd: int, log_file: Path) -> int:
     os.close(read_end)
     os.setsid()
     os.umask(0o077)  # the log and cache files are the mount user's alone
-    _write_pid(lock_fd)
+    _write_pid(cache_dir)
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

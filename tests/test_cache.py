@@ -8,6 +8,7 @@ import logging
 import mmap
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -376,8 +377,8 @@ class FakeFilesystem:
     """``os.statvfs`` of ``root`` as if it were on a filesystem of ``size`` bytes, of which
     ``others`` are used by other files and the rest by what is allocated under ``root``."""
 
-    def __init__(self, monkeypatch, root: Path, size: int, others: int):
-        self.root, self.size, self.others = root, size, others
+    def __init__(self, monkeypatch, root: Path, size: int, others: int, read_only=False):
+        self.root, self.size, self.others, self.read_only = root, size, others, read_only
         self.calls = 0
         real = os.statvfs
 
@@ -387,7 +388,7 @@ class FakeFilesystem:
             self.calls += 1
             free = self.free() // 4096
             return os.statvfs_result((4096, 4096, size // 4096, free, free, 1000, 900, 900,
-                                      0, 255))
+                                      os.ST_RDONLY if self.read_only else 0, 255))
         monkeypatch.setattr(os, "statvfs", statvfs)
 
     def free(self) -> int:
@@ -479,3 +480,59 @@ def test_cache_min_free_takes_a_percentage_or_a_size_and_defaults_to_5_percent()
     assert config_from_args(args).cache_min_free == FreeSpace(percent=5)
     args = build_parser().parse_args(["mount", "mnt", "--cache-min-free", "1G"])
     assert config_from_args(args).cache_min_free == FreeSpace(bytes=1 << 30)
+
+
+# ---- a read-only cache filesystem --------------------------------------------------------
+def test_a_cache_whose_filesystem_turns_read_only_serves_what_it_holds_with_one_warning(
+        tmp_path, monkeypatch, caplog):
+    disk = DiskCache(tmp_path / "c", 64 << 20)
+    disk.store(key(0), b"kept" * 100)
+    writes = []
+
+    def read_only(fd, data, offset):
+        writes.append(offset)
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(os, "pwrite", read_only)
+    with caplog.at_level(logging.INFO, logger="imagefs.cache.disk"):
+        for i in range(1, 30):
+            disk.store(key(i), b"new" * 100)
+        assert disk.load(key(0)) == b"kept" * 100
+    assert len(writes) == 1 and not any(key(i) in disk for i in range(1, 30))
+    assert len(warnings(caplog)) == 1 and "read-only" in warnings(caplog)[0]
+
+
+def test_a_cache_on_a_read_only_filesystem_starts_with_stores_off(tmp_path, monkeypatch, caplog):
+    root = tmp_path / "c"
+    DiskCache(root, 64 << 20).store(key(0), b"kept" * 100)
+    FakeFilesystem(monkeypatch, root, size=1 << 30, others=0, read_only=True)
+    with caplog.at_level(logging.INFO, logger="imagefs.cache.disk"):
+        disk = DiskCache(root, 64 << 20)
+        monkeypatch.setattr(os, "pwrite", lambda *a: pytest.fail("a write was tried"))
+        disk.store(key(1), b"new" * 100)
+    assert disk.load(key(0)) == b"kept" * 100 and key(1) not in disk
+    assert len(warnings(caplog)) == 1 and "read-only" in warnings(caplog)[0]
+
+
+@pytest.mark.parametrize("error", [errno.EROFS, errno.EPERM], ids=["erofs", "eperm"])
+def test_a_failed_recency_touch_is_not_a_miss(tmp_path, monkeypatch, caplog, error):
+    root = tmp_path / "c"
+    first = DiskCache(root, 64 << 20)
+    first.store(key(1), b"a" * 1000)
+    first.store(key(2), b"b" * 1000)
+    long_ago = time.time() - 120  # due a touch at the next hit
+    os.utime(first.path(key(1)), (long_ago, long_ago))
+    disk = DiskCache(root, 64 << 20)
+
+    def refuse(*args, **kwargs):
+        raise OSError(error, os.strerror(error))
+    monkeypatch.setattr(os, "utime", refuse)
+    with caplog.at_level(logging.DEBUG, logger="imagefs.cache.disk"):
+        assert disk.load_run([key(1), key(2)]) == [b"a" * 1000, b"b" * 1000]
+        assert key(1) in disk and key(2) in disk
+        disk.store(key(3), b"c" * 1000)
+    assert any("cannot touch" in r.message and r.levelno == logging.DEBUG
+               for r in caplog.records)
+    if error == errno.EROFS:  # a read-only filesystem: nothing new is stored
+        assert key(3) not in disk and len(warnings(caplog)) == 1
+    else:
+        assert key(3) in disk and warnings(caplog) == []

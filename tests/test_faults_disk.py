@@ -1,8 +1,10 @@
 """Faults of the disk cache's directory and filesystem, through real mounts on the real
-Glance: a directory that is not a cache, one that cannot be created, a small filesystem."""
+Glance: a directory that is not a cache, one that cannot be created, a small filesystem, a
+read-only one, and one that turns read-only while mounted."""
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import subprocess
@@ -15,7 +17,10 @@ from conftest import ALICE, make_image, random_bytes
 from test_mount import Mount, imagefs
 
 from imagefs.api import API
+from imagefs.cache import DiskCache
 from imagefs.drivers.glance import GlanceDriver
+from imagefs.errors import ConfigError
+from imagefs.mount import lock_cache_dir
 
 pytestmark = [pytest.mark.mount, pytest.mark.glance]
 MiB = 1 << 20
@@ -194,3 +199,96 @@ def test_a_200_mib_image_read_through_a_64_mib_tmpfs_cache_leaves_5_percent_free
     assert lowest[0] >= 0.05 * size
     assert len(warnings) < 10, "\n".join(warnings[:20])
     assert fetched >= len(data)
+
+
+# ---- read-only ---------------------------------------------------------------------------
+def test_a_cache_on_a_read_only_bind_mount_serves_a_cached_image_without_fetching(
+        mounts, glance_clean, tmp_path):
+    data = random_bytes(6 * MiB + 12_345)
+    image = upload(glance_clean, data, "ro-cache")
+    source = tmp_path / "cache-source"
+    first = mounts.imagefs(source, name="first")
+    read_back(first.image(image) / "data", data)
+    assert first.unmount() == 0, first.output()
+    before = tree(source)
+    cache = mounts.bind(source, tmp_path / "cache")
+    mounts.read_only(cache)
+    glance_clean.reset()
+    second = mounts.imagefs(cache, name="second")
+    read_back(second.image(image) / "data", data)
+    assert glance_clean.stats()["data_bytes"] == 0
+    log = second.output()
+    assert "is read-only: holding its lock without writing the pid" in log
+    assert len(warning_lines(log)) == 1 and "read-only" in warning_lines(log)[0], log
+    assert tree(source) == before
+
+
+def test_a_cache_that_turns_read_only_while_mounted_serves_old_groups_with_one_warning(
+        mounts, glance_clean, tmp_path):
+    data = random_bytes(40 * MiB + 777)  # three groups of 16 blocks
+    image = upload(glance_clean, data, "ro-later")
+    cache = mounts.bind(tmp_path / "cache-source", tmp_path / "cache")
+    first = mounts.imagefs(cache, name="first")
+    read_back(first.image(image) / "data", data)
+    assert first.unmount() == 0, first.output()
+    long_ago = time.time() - 600  # every group is due a recency touch at its next hit
+    groups = [p for p in (cache / "blocks").rglob("*") if p.is_file()]
+    assert len(groups) == 3
+    for group in groups:
+        os.utime(group, (long_ago, long_ago))
+    second = mounts.imagefs(cache, name="second")
+    mounts.read_only(cache)  # (refused with EBUSY if the mount held a file open to write)
+    glance_clean.reset()
+    read_back(second.image(image) / "data", data)
+    assert glance_clean.stats()["data_bytes"] == 0
+    log = second.output()
+    assert len(warning_lines(log)) == 1, log
+    assert "turned read-only" in warning_lines(log)[0]
+    assert "treating as a miss" not in log
+
+
+def test_the_lock_of_a_read_only_cache_dir_is_taken_read_only_or_not_at_all(
+        mounts, tmp_path, caplog):
+    source = tmp_path / "cache-source"
+    DiskCache(source, 1 << 20)  # a cache, never mounted: no lock file
+    cache = mounts.bind(source, tmp_path / "cache")
+    mounts.read_only(cache)
+    with caplog.at_level(logging.INFO, logger="imagefs.mount"):
+        assert lock_cache_dir(cache) is None
+        assert "has no lock file: mounting without the lock" in caplog.text
+        (source / "lock").write_text("")  # (the source is still writable)
+        fd = lock_cache_dir(cache)
+    try:
+        assert "holding its lock without writing the pid" in caplog.text
+        with pytest.raises(ConfigError, match="in use by another imagefs mount"):
+            lock_cache_dir(cache)
+    finally:
+        os.close(fd)
+
+
+def test_daemon_mode_on_a_read_only_cache_dir_fails_with_a_reason_that_names_log(
+        mounts, glance_clean, tmp_path):
+    source = tmp_path / "cache-source"
+    data = random_bytes(2 * MiB)
+    image = upload(glance_clean, data, "ro-daemon")
+    first = mounts.imagefs(source, name="first")
+    read_back(first.image(image) / "data", data)
+    assert first.unmount() == 0, first.output()
+    cache = mounts.bind(source, tmp_path / "cache")
+    mounts.read_only(cache)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = imagefs("mount", str(mnt), "--cache-dir", str(cache), env=mounts.env)
+    refused_to_mount(mnt, proc)
+    assert f"cannot open the log file {cache / 'imagefs.log'}" in proc.stderr
+    assert "--log" in proc.stderr
+    log = tmp_path / "daemon.log"
+    proc = imagefs("mount", str(mnt), "--cache-dir", str(cache), "--log", str(log),
+                   env=mounts.env)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        read_back(mnt / image / "data", data)
+    finally:
+        if os.path.ismount(mnt):
+            assert imagefs("umount", str(mnt)).returncode == 0
+    assert "Traceback" not in log.read_text()

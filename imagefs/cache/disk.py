@@ -33,9 +33,10 @@ zeroed and is written again when the block is next fetched.
 
 The index (which slots exist, and the groups in least-recently-used order) is
 rebuilt when the cache opens from each group's trailer and its file's mtime.
-A hit touches its group's mtime if it is more than a minute old.  Eviction
-removes whole groups, least recently used first.  Directories the cache
-creates are 0700 and its files 0600: only the mount's user reads them.
+A hit touches its group's mtime if it is more than a minute old; a touch
+that fails is logged at debug and the hit served.  Eviction removes whole
+groups, least recently used first.  Directories the cache creates are 0700
+and its files 0600: only the mount's user reads them.
 
 The root is claimed first (``directory.claim``: tagged with a
 ``CACHEDIR.TAG``, or refused); the cache cleans up only inside
@@ -48,10 +49,12 @@ cache's filesystem.  Before a store, the free space (``statvfs``, read again
 at most once a second and counted down by each store in between) is kept
 above the minimum by evicting groups, least recently used first; with
 nothing left to evict the store is skipped.  A store that fails with ENOSPC
-or EDQUOT evicts back to the minimum and turns stores off: the cache then
-serves what it holds and stores nothing; every 30 s a store checks the free
-space again, and stores resume if there is room.  The first turn off is
-logged as a warning, later ones and each resumption at info.
+or EDQUOT evicts back to the minimum and turns stores off; so does a store
+or a touch that fails with EROFS (without evicting).  With stores off the
+cache serves what it holds and stores nothing; every 30 s a store checks the
+filesystem again, and stores resume if it is writable and has room.  The
+first turn off is logged as a warning, later ones and each resumption at
+info.  A cache on a read-only filesystem starts with stores off.
 
 All methods are thread-safe and blocking: call them from worker threads.
 ``store_later`` queues a block for the cache's own writer threads (a
@@ -101,7 +104,7 @@ WRITERS = 2
 _ALIGN = 4096  # O_DIRECT: offsets, lengths and memory in multiples of this
 _TOUCH_EVERY = 60.0  # seconds: recency on disk is kept to this precision
 _STATVFS_EVERY = 1.0  # seconds between reads of the filesystem's free space
-_RECHECK_EVERY = 30.0  # seconds between checks of a full cache filesystem
+_RECHECK_EVERY = 30.0  # seconds between checks of a full or read-only cache filesystem
 _now = time.monotonic
 #: xxh3 rather than zlib.crc32: ~32 GB/s against ~3.5 on the test machine, and
 #: every byte of the disk tier is checked on each write and read.
@@ -181,9 +184,13 @@ class DiskCache:
         except FileExistsError:
             pass
         except OSError as exc:
-            raise ConfigError(f"cannot create {self.blocks}: {exc.strerror}; choose "
-                              "another --cache-dir") from None
+            if exc.errno != errno.EROFS:
+                raise ConfigError(f"cannot create {self.blocks}: {exc.strerror}; choose "
+                                  "another --cache-dir") from None
         self._scan()
+        with contextlib.suppress(OSError):
+            if os.statvfs(self.root).f_flag & os.ST_RDONLY:
+                self._stop_storing("it is on a read-only filesystem")
 
     # ---- where things are -----------------------------------------------------
     @staticmethod
@@ -200,14 +207,15 @@ class DiskCache:
     # ---- the index ------------------------------------------------------------
     def _scan(self) -> None:
         found, stale = [], 0
-        for sub in self.blocks.iterdir():
+        for sub in self.blocks.iterdir() if self.blocks.is_dir() else ():
             name, _, block_size = sub.name.partition(".")
             if not (sub.is_dir() and block_size.isdigit() and len(name) == 40):
                 stale += 1  # an older version's layout
                 if sub.is_dir():
                     shutil.rmtree(sub, ignore_errors=True)
                 else:
-                    sub.unlink()
+                    with contextlib.suppress(OSError):
+                        sub.unlink()
                 continue
             self._dirs.add(sub.name)
             for entry in os.scandir(sub):
@@ -306,8 +314,6 @@ class DiskCache:
                 # One read-ahead of the whole run, rather than the kernel's slow start.
                 os.posix_fadvise(fd, first * bs, len(keys) * bs, os.POSIX_FADV_WILLNEED)
                 trailer = os.pread(fd, _TRAILER, GROUP_BLOCKS * bs)
-                if touch:
-                    os.utime(fd)  # recency, for eviction after a remount too
             except OSError as exc:
                 log.warning("disk cache: cannot read %s (%s); treating as a miss", path, exc)
                 for slot in slots:
@@ -315,6 +321,8 @@ class DiskCache:
                 if fd is not None:
                     os.close(fd)
                 fd = None
+            if touch and fd is not None:
+                self._touch(fd, path)
         try:
             for key, slot, indexed in zip(keys, slots, present):
                 data = None
@@ -330,6 +338,16 @@ class DiskCache:
         finally:
             if fd is not None:
                 os.close(fd)
+
+    def _touch(self, fd: int, path: Path) -> None:
+        """Set the group file's mtime (recency, for eviction after a remount too); a
+        failure costs only that recency."""
+        try:
+            os.utime(fd)
+        except OSError as exc:
+            log.debug("disk cache: cannot touch %s (%s)", path, exc)
+            if exc.errno == errno.EROFS:
+                self._stop_storing("its filesystem turned read-only")
 
     @staticmethod
     def _read_slot(fd: int, key: BlockKey, slot: int, trailer: bytes) -> bytes | None:
@@ -505,15 +523,17 @@ class DiskCache:
         if victims:
             log.debug("disk cache: evicted %d groups", len(victims))
 
-    def _read_free(self) -> None:
-        """Read the filesystem's free space and minimum.  Under the lock."""
+    def _read_free(self) -> bool:
+        """Read the filesystem's free space and minimum; whether it is writable.
+        Under the lock."""
         try:
             st = os.statvfs(self.root)
         except OSError:
-            return  # keep the last figures
+            return True  # keep the last figures
         self._free = st.f_bavail * st.f_frsize - self._pending
         self._min_free_bytes = self.min_free.of(st.f_blocks * st.f_frsize)
         self._free_read_at = _now()
+        return not st.f_flag & os.ST_RDONLY
 
     def _make_room(self, near: tuple[str, int], need: int) -> tuple[bool, list]:
         """Whether a store of ``need`` bytes into group ``near`` may go ahead, and the
@@ -523,8 +543,8 @@ class DiskCache:
         if self._off_until is not None:
             if now < self._off_until:
                 return False, []
-            self._read_free()
-            if self._free - need < self._min_free_bytes:
+            writable = self._read_free()
+            if not writable or self._free - need < self._min_free_bytes:
                 self._off_until = now + _RECHECK_EVERY
                 return False, []
             self._off_until = None
@@ -560,6 +580,8 @@ class DiskCache:
                         victims.append(victim)
                 self._remove_groups(victims)
             self._stop_storing(f"its filesystem is full ({exc.strerror})")
+        elif exc.errno == errno.EROFS:
+            self._stop_storing("its filesystem turned read-only")
         else:
             log.warning("disk cache: cannot store a block in %s: %s", self.root, exc)
 
