@@ -23,6 +23,33 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+@dataclasses.dataclass(frozen=True)
+class FreeSpace:
+    """Free space to leave on a filesystem: ``bytes``, or ``percent`` of its size."""
+    bytes: int = 0
+    percent: float = 0.0
+
+    def of(self, total: int) -> int:
+        """The minimum in bytes on a filesystem of ``total`` bytes."""
+        return self.bytes or int(total * self.percent / 100)
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent else f"{self.bytes / MiB:.1f} MiB"
+
+
+def parse_free_space(text: str) -> FreeSpace:
+    """``"5%"`` → 5 percent of the filesystem; ``"512M"`` → 512 MiB; ``"0"`` → none."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", str(text))
+    if m:
+        if float(m.group(1)) >= 100:
+            raise ConfigError(f"not a free-space minimum: {text!r} (a percentage under 100)")
+        return FreeSpace(percent=float(m.group(1)))
+    try:
+        return FreeSpace(bytes=parse_size(text))
+    except ConfigError:
+        raise ConfigError(f"not a free-space minimum: {text!r} (use e.g. 5%, 512M)") from None
+
+
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/imagefs`` (``~/.cache/imagefs``)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -33,6 +60,7 @@ def default_cache_dir() -> Path:
 class MountConfig:
     cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)
     cache_size: int = 20 * GiB          # disk tier bound
+    cache_min_free: FreeSpace = FreeSpace(percent=5.0)  # free space the disk tier leaves
     memory_cache: int = 256 * MiB       # memory tier bound
     block_size: int = 1 * MiB           # the cache's unit; qemu-img info reads ~1 block
     list_ttl: float = 30.0              # seconds a listing of images is trusted

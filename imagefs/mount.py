@@ -7,13 +7,16 @@ SIGINT and SIGTERM unmount cleanly; after a clean unmount the daemon exits 0.
 
 One mount per cache directory: the daemon holds an exclusive ``flock`` on
 ``<cache dir>/lock`` for its whole life, and a second mount on the same
-directory is refused with the first one's pid.
+directory is refused with the first one's pid.  The directory is claimed
+first (``imagefs.cache.directory``): a directory that is not an imagefs
+cache is refused before anything is created in it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import faulthandler
 import fcntl
 import logging
@@ -28,7 +31,8 @@ import trio
 
 from .blocks import BlockReader
 from .cache import DiskCache, MemoryCache, TieredCache
-from .config import MountConfig, default_cache_dir, parse_size
+from .cache.directory import claim
+from .config import MountConfig, default_cache_dir, parse_free_space, parse_size
 from .connect import describe, open_api, service_options
 from .errors import ConfigError, ImagefsError
 from .fs import ImageFS
@@ -51,6 +55,8 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help=f"disk cache (default {default_cache_dir()})")
     p.add_argument("--cache-size", default="20G", metavar="SIZE",
                    help="disk cache bound (default 20G; 0 disables it)")
+    p.add_argument("--cache-min-free", default="5%", metavar="SIZE|PERCENT",
+                   help="free space the disk cache leaves on its filesystem (default 5%%)")
     p.add_argument("--memory-cache", default="256M", metavar="SIZE",
                    help="memory cache bound (default 256M)")
     p.add_argument("--block-size", default="1M", metavar="SIZE",
@@ -97,6 +103,7 @@ def direct_from_args(args) -> DirectOptions:
 
 def config_from_args(args) -> MountConfig:
     kwargs = dict(cache_size=parse_size(args.cache_size),
+                  cache_min_free=parse_free_space(args.cache_min_free),
                   memory_cache=parse_size(args.memory_cache),
                   block_size=parse_size(args.block_size), fetch_threads=args.fetch_threads,
                   list_ttl=args.list_ttl, record_ttl=args.record_ttl,
@@ -107,23 +114,57 @@ def config_from_args(args) -> MountConfig:
     return MountConfig(**kwargs)
 
 
-def lock_cache_dir(cache_dir: Path):
-    """Hold ``<cache dir>/lock`` for the life of the mount (the fd is returned)."""
-    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(cache_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+def lock_cache_dir(cache_dir: Path) -> int | None:
+    """Claim the cache directory, then hold ``<cache dir>/lock`` for the life of the
+    mount (the fd is returned).  The lock is held through a read-only fd, so that the
+    mount does not keep its cache's filesystem from being remounted read-only.  On a
+    read-only cache directory the lock file is locked if it exists, and otherwise the
+    mount goes without (None): nobody can write that cache, so sharing it is harmless."""
+    claim(cache_dir)
+    path = cache_dir / "lock"
+    writable = True
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise ConfigError(f"cannot create {path}: {exc.strerror}; choose another "
+                              "--cache-dir") from None
+        writable = False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        log.info("cache directory %s is read-only and has no lock file: mounting without "
+                 "the lock", cache_dir)
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:  # EBADF: NFS locks need a writable fd
+            if exc.errno != errno.EBADF or not writable:
+                raise
+            os.close(fd)
+            fd = os.open(path, os.O_RDWR)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise ConfigError(f"cache directory {cache_dir} is in use by another imagefs mount "
                           f"(pid {holder}); give this mount its own --cache-dir") from None
+    if not writable:
+        log.info("cache directory %s is read-only: holding its lock without writing the pid",
+                 cache_dir)
     return fd
 
 
-def _write_pid(fd: int) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+def _write_pid(cache_dir: Path) -> None:
+    """Write this process's pid into the lock file (for a refused second mount to show);
+    not on a read-only cache directory."""
+    with contextlib.suppress(OSError):
+        fd = os.open(cache_dir / "lock", os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, f"{os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
 
 
 def run_mount(args) -> int:
@@ -135,16 +176,22 @@ def run_mount(args) -> int:
     api, ctx = open_api(opts, retry=config.retry)
     # Fail now, with the reason, rather than mount something that cannot list.
     next(iter(api.get_all(ctx, limit=1)), None)
-    lock_fd = lock_cache_dir(config.cache_dir)
+    lock_cache_dir(config.cache_dir)  # held (an open fd) until the process exits
     log.info("mounting %s at %s (cache %s)", describe(opts), mountpoint, config.cache_dir)
     if args.foreground:
-        _write_pid(lock_fd)
+        _write_pid(config.cache_dir)
         return serve(api, ctx, config, direct, mountpoint, ready=None)
+    log_file = Path(args.log) if args.log else config.cache_dir / "imagefs.log"
+    try:  # fail here, with the reason, rather than in the daemon
+        os.close(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise ConfigError(f"cannot open the log file {log_file}: {exc.strerror}; "
+                          "give another with --log") from None
     return _daemonize(lambda ready: serve(api, ctx, config, direct, mountpoint, ready),
-                      lock_fd, Path(args.log) if args.log else config.cache_dir / "imagefs.log")
+                      config.cache_dir, log_file)
 
 
-def _daemonize(run, lock_fd: int, log_file: Path) -> int:
+def _daemonize(run, cache_dir: Path, log_file: Path) -> int:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:  # the parent: wait for the child's word
@@ -159,7 +206,7 @@ def _daemonize(run, lock_fd: int, log_file: Path) -> int:
     os.close(read_end)
     os.setsid()
     os.umask(0o077)  # the log and cache files are the mount user's alone
-    _write_pid(lock_fd)
+    _write_pid(cache_dir)
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -205,7 +252,8 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
     if config.allow_other:
         options.add("allow_other")
     memory = MemoryCache(config.memory_cache)
-    disk = DiskCache(config.cache_dir, config.cache_size) if config.cache_size > 0 else None
+    disk = DiskCache(config.cache_dir, config.cache_size, min_free=config.cache_min_free) \
+        if config.cache_size > 0 else None
 
     chooser = SourceChooser(api, ctx, direct)
     log.info("%s", chooser.describe())

@@ -8,17 +8,27 @@ import logging
 import mmap
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
 from imagefs.cache import BlockKey, DiskCache, MemoryCache
+from imagefs.cache import disk as disk_module
 from imagefs.cache.disk import GROUP_BLOCKS
 from imagefs.cache.keys import image_version
+from imagefs.cli import build_parser
+from imagefs.config import FreeSpace, parse_free_space
+from imagefs.errors import ConfigError
+from imagefs.mount import config_from_args, lock_cache_dir
 
 
 def key(i, version="v1", image="img", block_size=64 * 1024):
     return BlockKey(image, version, block_size, i)
+
+
+def warnings(caplog) -> list[str]:
+    return [r.message for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_memory_tier_is_bounded_by_bytes_and_lru():
@@ -229,16 +239,6 @@ def test_cache_files_are_private(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_an_older_cache_layout_is_removed(tmp_path):
-    old = tmp_path / "c" / "blocks" / "ab"
-    old.mkdir(parents=True)
-    (old / ("ab" * 32)).write_bytes(b"IMGFSBK1")
-    (tmp_path / "c" / "tmp").mkdir()
-    disk = DiskCache(tmp_path / "c", 1 << 20)
-    assert not old.exists() and not (tmp_path / "c" / "tmp").exists()
-    assert disk.bytes_used == 0
-
-
 def test_a_short_write_leaves_no_block(tmp_path, monkeypatch):
     """A full cache disk can write part of a block: that block is not cached."""
     disk = DiskCache(tmp_path / "c", 64 << 20)
@@ -255,9 +255,290 @@ def test_a_short_write_leaves_no_block(tmp_path, monkeypatch):
 def test_writer_threads_carry_their_name_in_the_os(tmp_path):
     disk = DiskCache(tmp_path / "c", 64 << 20)
     disk.store_later(key(0), b"x" * 100)
+    wanted = {"imagefs-disk-w0", "imagefs-disk-w1"}
+    deadline = time.monotonic() + 10
     try:
-        names = {(p / "comm").read_text().strip()
-                 for p in Path(f"/proc/{os.getpid()}/task").iterdir()}
+        while True:  # each thread names itself once it runs, which on a busy machine is later
+            names = {(p / "comm").read_text().strip()
+                     for p in Path(f"/proc/{os.getpid()}/task").iterdir()}
+            if wanted <= names or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
     finally:
         disk.close()
-    assert {"imagefs-disk-w0", "imagefs-disk-w1"} <= names
+    assert wanted <= names
+
+
+# ---- the cache directory: imagefs owns only what it created ------------------------------
+SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"
+
+
+def _tree(root: Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(root)), stat.S_IMODE(p.stat().st_mode))
+                  for p in [root, *root.rglob("*")])
+
+
+@pytest.mark.parametrize("layout", [
+    {"tmp/work": "mine", "notes": "mine too"},
+    {"tmp/work": "mine"},  # some of an old cache's names, but no blocks/
+    {"blocks": "a file", "lock": ""},
+], ids=["a_home", "only_tmp", "blocks_a_file"])
+def test_cache_dir_refuses_a_non_empty_directory_that_is_not_a_cache(tmp_path, layout):
+    home = tmp_path / "home"
+    for name, text in layout.items():
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_text(text)
+    home.chmod(0o755)
+    before = _tree(home)
+    for open_it in (lambda: lock_cache_dir(home), lambda: DiskCache(home, 1 << 20)):
+        with pytest.raises(ConfigError, match="is not empty and is not an imagefs cache"):
+            open_it()
+    assert _tree(home) == before  # nothing created, removed or chmod'ed
+
+
+def test_a_directory_tagged_by_another_program_is_refused(tmp_path):
+    other = tmp_path / "target"
+    (other / "blocks").mkdir(parents=True)
+    (other / "CACHEDIR.TAG").write_text(f"{SIGNATURE}\n# This is a cache of another tool.\n")
+    with pytest.raises(ConfigError, match="another program's cache"):
+        DiskCache(other, 1 << 20)
+
+
+def test_a_new_cache_directory_is_created_private_and_tagged(tmp_path):
+    DiskCache(tmp_path / "new" / "c", 1 << 20)
+    lines = (tmp_path / "new" / "c" / "CACHEDIR.TAG").read_text().splitlines()
+    assert lines[0] == SIGNATURE and lines[1].startswith("#") and "imagefs" in lines[1]
+    assert stat.S_IMODE((tmp_path / "new" / "c").stat().st_mode) == 0o700
+
+
+def test_an_empty_directory_is_adopted_and_tagged_and_keeps_its_mode(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # as /tmp is
+    disk = DiskCache(shared, 1 << 20)
+    disk.store(key(1), b"a" * 1000)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert (shared / "CACHEDIR.TAG").read_text().startswith(SIGNATURE)
+    assert stat.S_IMODE((shared / "blocks").stat().st_mode) == 0o700  # created: ours
+    assert DiskCache(shared, 1 << 20).load(key(1)) == b"a" * 1000
+
+
+def test_a_cache_of_the_previous_version_is_tagged_and_keeps_its_blocks_and_tmp(tmp_path):
+    root = tmp_path / "c"
+    DiskCache(root, 1 << 20).store(key(1), b"a" * 1000)
+    (root / "CACHEDIR.TAG").unlink()  # as the version before tags left it
+    (root / "lock").write_text("123\n")
+    (root / "imagefs.log").write_text("old log\n")
+    (root / "tmp").mkdir()
+    (root / "tmp" / "someone's").write_text("kept")
+    old = root / "blocks" / "ab"  # an even older layout, inside the cache's own tree
+    old.mkdir()
+    (old / ("ab" * 32)).write_bytes(b"IMGFSBK1")
+    disk = DiskCache(root, 1 << 20)
+    assert (root / "CACHEDIR.TAG").read_text().startswith(SIGNATURE)
+    assert disk.load(key(1)) == b"a" * 1000
+    assert (root / "tmp" / "someone's").read_text() == "kept"
+    assert (root / "imagefs.log").read_text() == "old log\n"
+    assert not old.exists()
+
+
+def test_a_cache_directory_that_cannot_be_created_is_refused_with_the_reason(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match="cannot create cache directory .*: Not a directory"):
+        DiskCache(tmp_path / "a-file" / "c", 1 << 20)
+
+
+# ---- a directory where a group file belongs ----------------------------------------------
+def test_a_directory_where_a_group_file_belongs_is_removed_at_the_scan(tmp_path, caplog):
+    root = tmp_path / "c"
+    disk = DiskCache(root, 64 << 20)
+    disk.store(key(1), b"a" * 1000)
+    squatter = disk.path(key(GROUP_BLOCKS))
+    squatter.mkdir()
+    (squatter / "junk").write_bytes(b"j")
+    with caplog.at_level(logging.INFO, logger="imagefs.cache.disk"):
+        again = DiskCache(root, 64 << 20)
+    assert not squatter.exists()
+    assert [r.message for r in caplog.records if str(squatter) in r.message] == [
+        f"disk cache: removed the directory {squatter}, where a group file belongs"]
+    again.store(key(GROUP_BLOCKS), b"b" * 1000)
+    assert DiskCache(root, 64 << 20).load(key(GROUP_BLOCKS)) == b"b" * 1000
+    assert again.load(key(1)) == b"a" * 1000
+
+
+def test_a_store_that_meets_a_directory_in_its_slot_removes_it_and_stores_the_block(
+        tmp_path, caplog):
+    disk = DiskCache(tmp_path / "c", 64 << 20)
+    disk.store(key(1), b"a" * 1000)
+    squatter = disk.path(key(GROUP_BLOCKS))
+    (squatter / "deeper").mkdir(parents=True)
+    with caplog.at_level(logging.INFO, logger="imagefs.cache.disk"):
+        disk.store(key(GROUP_BLOCKS), b"b" * 1000)
+    assert squatter.is_file() and disk.load(key(GROUP_BLOCKS)) == b"b" * 1000
+    assert len(warnings(caplog)) == 1 and "removed the directory" in warnings(caplog)[0]
+
+
+# ---- free space --------------------------------------------------------------------------
+class FakeFilesystem:
+    """``os.statvfs`` of ``root`` as if it were on a filesystem of ``size`` bytes, of which
+    ``others`` are used by other files and the rest by what is allocated under ``root``."""
+
+    def __init__(self, monkeypatch, root: Path, size: int, others: int, read_only=False):
+        self.root, self.size, self.others, self.read_only = root, size, others, read_only
+        self.calls = 0
+        real = os.statvfs
+
+        def statvfs(path):
+            if Path(path) != root:
+                return real(path)
+            self.calls += 1
+            free = self.free() // 4096
+            return os.statvfs_result((4096, 4096, size // 4096, free, free, 1000, 900, 900,
+                                      os.ST_RDONLY if self.read_only else 0, 255))
+        monkeypatch.setattr(os, "statvfs", statvfs)
+
+    def free(self) -> int:
+        used = sum(p.stat().st_blocks * 512 for p in self.root.rglob("*") if p.is_file())
+        return self.size - self.others - used
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The disk tier's clock, frozen; advance it with ``clock[0] += seconds``."""
+    now = [1000.0]
+    monkeypatch.setattr(disk_module, "_now", lambda: now[0], raising=False)
+    return now
+
+
+def test_the_disk_tier_keeps_the_free_space_minimum_by_evicting_old_groups(
+        tmp_path, monkeypatch, clock, caplog):
+    root = tmp_path / "c"
+    root.mkdir()
+    fs = FakeFilesystem(monkeypatch, root, size=16 << 20, others=12 << 20)
+    disk = DiskCache(root, 1 << 30, min_free=FreeSpace(bytes=1 << 20))  # 3 MiB for blocks
+    group = GROUP_BLOCKS * 64 * 1024
+    with caplog.at_level(logging.INFO, logger="imagefs.cache.disk"):
+        for i in range(6 * GROUP_BLOCKS):  # six groups of 1 MiB, one after another
+            disk.store(key(i), os.urandom(64 * 1024))
+            assert fs.free() >= 1 << 20, i
+            if i == GROUP_BLOCKS * 3:
+                statvfs_calls = fs.calls
+                clock[0] += 1.5
+    assert statvfs_calls <= 2  # at open, then not once per block
+    assert fs.calls > statvfs_calls  # read again a second later
+    kept = sorted({i // GROUP_BLOCKS for i in range(6 * GROUP_BLOCKS) if key(i) in disk})
+    assert kept[0] >= 3 and kept[-1] == 5  # the least recently used went first
+    assert all(key(i) in disk for i in range(5 * GROUP_BLOCKS, 6 * GROUP_BLOCKS))
+    assert 2 * group <= disk.bytes_used <= 3 * group
+    assert warnings(caplog) == []
+
+
+def test_a_store_with_no_room_and_nothing_to_evict_is_skipped(tmp_path, monkeypatch, caplog):
+    root = tmp_path / "c"
+    root.mkdir()
+    FakeFilesystem(monkeypatch, root, size=100 << 20, others=96 << 20)
+    disk = DiskCache(root, 1 << 30, min_free=FreeSpace(percent=5))
+    with caplog.at_level(logging.INFO, logger="imagefs.cache.disk"):
+        for i in range(20):
+            disk.store(key(i), b"x" * 1000)
+    assert not any(key(i) in disk for i in range(20))
+    assert not [p for p in (root / "blocks").rglob("*") if p.is_file()]
+    assert warnings(caplog) == []
+    assert sum("nothing left to evict" in r.message for r in caplog.records) == 1
+
+
+def test_enospc_evicts_and_turns_stores_off_with_one_warning_until_a_recheck(
+        tmp_path, monkeypatch, clock, caplog):
+    disk = DiskCache(tmp_path / "c", 64 << 20)
+    for g in range(3):
+        disk.store(key(g * GROUP_BLOCKS), b"x" * 1000)
+    real_pwrite = os.pwrite
+    writes = []
+
+    def full(fd, data, offset):
+        writes.append(offset)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "pwrite", full)
+    with caplog.at_level(logging.INFO, logger="imagefs.cache.disk"):
+        for i in range(50):
+            disk.store(key(3 * GROUP_BLOCKS + i), b"y" * 1000)
+        assert len(writes) == 1  # the first failed; the others were not tried
+        assert key(0) not in disk and key(GROUP_BLOCKS) in disk  # the oldest group evicted
+        assert not any(key(3 * GROUP_BLOCKS + i) in disk for i in range(50))
+        monkeypatch.setattr(os, "pwrite", real_pwrite)
+        disk.store(key(200), b"z" * 1000)
+        assert key(200) not in disk  # off until the next check
+        clock[0] += 31
+        disk.store(key(200), b"z" * 1000)
+        assert disk.load(key(200)) == b"z" * 1000
+    assert len(warnings(caplog)) == 1
+    assert sum("storing blocks again" in r.message for r in caplog.records) == 1
+
+
+def test_cache_min_free_takes_a_percentage_or_a_size_and_defaults_to_5_percent():
+    assert parse_free_space("5%") == FreeSpace(percent=5) and FreeSpace(percent=5).of(1000) == 50
+    assert parse_free_space("512M").of(1 << 40) == 512 << 20
+    assert parse_free_space("0").of(1 << 40) == 0
+    for bad in ("100%", "five", "-1%", "5 %%"):
+        with pytest.raises(ConfigError, match="not a free-space minimum"):
+            parse_free_space(bad)
+    args = build_parser().parse_args(["mount", "mnt"])
+    assert config_from_args(args).cache_min_free == FreeSpace(percent=5)
+    args = build_parser().parse_args(["mount", "mnt", "--cache-min-free", "1G"])
+    assert config_from_args(args).cache_min_free == FreeSpace(bytes=1 << 30)
+
+
+# ---- a read-only cache filesystem --------------------------------------------------------
+def test_a_cache_whose_filesystem_turns_read_only_serves_what_it_holds_with_one_warning(
+        tmp_path, monkeypatch, caplog):
+    disk = DiskCache(tmp_path / "c", 64 << 20)
+    disk.store(key(0), b"kept" * 100)
+    writes = []
+
+    def read_only(fd, data, offset):
+        writes.append(offset)
+        raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(os, "pwrite", read_only)
+    with caplog.at_level(logging.INFO, logger="imagefs.cache.disk"):
+        for i in range(1, 30):
+            disk.store(key(i), b"new" * 100)
+        assert disk.load(key(0)) == b"kept" * 100
+    assert len(writes) == 1 and not any(key(i) in disk for i in range(1, 30))
+    assert len(warnings(caplog)) == 1 and "read-only" in warnings(caplog)[0]
+
+
+def test_a_cache_on_a_read_only_filesystem_starts_with_stores_off(tmp_path, monkeypatch, caplog):
+    root = tmp_path / "c"
+    DiskCache(root, 64 << 20).store(key(0), b"kept" * 100)
+    FakeFilesystem(monkeypatch, root, size=1 << 30, others=0, read_only=True)
+    with caplog.at_level(logging.INFO, logger="imagefs.cache.disk"):
+        disk = DiskCache(root, 64 << 20)
+        monkeypatch.setattr(os, "pwrite", lambda *a: pytest.fail("a write was tried"))
+        disk.store(key(1), b"new" * 100)
+    assert disk.load(key(0)) == b"kept" * 100 and key(1) not in disk
+    assert len(warnings(caplog)) == 1 and "read-only" in warnings(caplog)[0]
+
+
+@pytest.mark.parametrize("error", [errno.EROFS, errno.EPERM], ids=["erofs", "eperm"])
+def test_a_failed_recency_touch_is_not_a_miss(tmp_path, monkeypatch, caplog, error):
+    root = tmp_path / "c"
+    first = DiskCache(root, 64 << 20)
+    first.store(key(1), b"a" * 1000)
+    first.store(key(2), b"b" * 1000)
+    long_ago = time.time() - 120  # due a touch at the next hit
+    os.utime(first.path(key(1)), (long_ago, long_ago))
+    disk = DiskCache(root, 64 << 20)
+
+    def refuse(*args, **kwargs):
+        raise OSError(error, os.strerror(error))
+    monkeypatch.setattr(os, "utime", refuse)
+    with caplog.at_level(logging.DEBUG, logger="imagefs.cache.disk"):
+        assert disk.load_run([key(1), key(2)]) == [b"a" * 1000, b"b" * 1000]
+        assert key(1) in disk and key(2) in disk
+        disk.store(key(3), b"c" * 1000)
+    assert any("cannot touch" in r.message and r.levelno == logging.DEBUG
+               for r in caplog.records)
+    if error == errno.EROFS:  # a read-only filesystem: nothing new is stored
+        assert key(3) not in disk and len(warnings(caplog)) == 1
+    else:
+        assert key(3) in disk and warnings(caplog) == []

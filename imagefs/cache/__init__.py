@@ -4,7 +4,9 @@ Blocks are keyed by ``BlockKey``: the image's id *and version* (its
 ``os_hash_value``, else ``checksum``), the block size and the block's index.
 An image uploaded again under the same id has another version, so its old
 blocks are never served.  A fault in the disk tier (a missing, torn or
-corrupt file) is a miss, never an error.
+corrupt file) is a miss, never an error.  ``directory`` decides which
+directory the disk tier may use (one it created, or tagged with a
+``CACHEDIR.TAG``).
 
 ``TieredCache`` puts both behind one interface: its memory calls run on the
 trio thread, its disk calls are blocking and run in worker threads.

@@ -33,9 +33,28 @@ zeroed and is written again when the block is next fetched.
 
 The index (which slots exist, and the groups in least-recently-used order) is
 rebuilt when the cache opens from each group's trailer and its file's mtime.
-A hit touches its group's mtime if it is more than a minute old.  Eviction
-removes whole groups, least recently used first.  Directories are 0700 and
-files 0600: only the mount's user reads them.
+A hit touches its group's mtime if it is more than a minute old; a touch
+that fails is logged at debug and the hit served.  Eviction removes whole
+groups, least recently used first.  Directories the cache creates are 0700
+and its files 0600: only the mount's user reads them.
+
+The root is claimed first (``directory.claim``: tagged with a
+``CACHEDIR.TAG``, or refused); the cache cleans up only inside
+``<root>/blocks``: entries of an older layout, empty group files, and a
+directory where a group file belongs (at the scan, or when a store meets
+it; the block is then stored).
+
+Two bounds: ``max_bytes`` of blocks, and ``min_free`` left free on the
+cache's filesystem.  Before a store, the free space (``statvfs``, read again
+at most once a second and counted down by each store in between) is kept
+above the minimum by evicting groups, least recently used first; with
+nothing left to evict the store is skipped.  A store that fails with ENOSPC
+or EDQUOT evicts back to the minimum and turns stores off; so does a store
+or a touch that fails with EROFS (without evicting).  With stores off the
+cache serves what it holds and stores nothing; every 30 s a store checks the
+filesystem again, and stores resume if it is writable and has room.  The
+first turn off is logged as a warning, later ones and each resumption at
+info.  A cache on a read-only filesystem starts with stores off.
 
 All methods are thread-safe and blocking: call them from worker threads.
 ``store_later`` queues a block for the cache's own writer threads (a
@@ -53,6 +72,7 @@ import dataclasses
 import errno
 import hashlib
 import logging
+import math
 import mmap
 import os
 import queue
@@ -65,6 +85,9 @@ from pathlib import Path
 
 import xxhash
 
+from ..config import FreeSpace
+from ..errors import ConfigError
+from .directory import claim
 from .keys import BlockKey
 
 log = logging.getLogger(__name__)
@@ -80,6 +103,9 @@ _TRAILER = GROUP_BLOCKS * _ENTRY
 WRITERS = 2
 _ALIGN = 4096  # O_DIRECT: offsets, lengths and memory in multiples of this
 _TOUCH_EVERY = 60.0  # seconds: recency on disk is kept to this precision
+_STATVFS_EVERY = 1.0  # seconds between reads of the filesystem's free space
+_RECHECK_EVERY = 30.0  # seconds between checks of a full or read-only cache filesystem
+_now = time.monotonic
 #: xxh3 rather than zlib.crc32: ~32 GB/s against ~3.5 on the test machine, and
 #: every byte of the disk tier is checked on each write and read.
 _checksum = xxhash.xxh3_64_intdigest
@@ -120,14 +146,21 @@ class _Group:
 
 
 class DiskCache:
+    """The disk tier in ``root``, bounded by ``max_bytes`` of blocks and by ``min_free``
+    (none by default) left free on its filesystem.  Raises ``ConfigError`` for a root
+    that is not, or cannot be made, an imagefs cache directory."""
+
     def __init__(self, root: str | os.PathLike, max_bytes: int, *, direct: bool = True,
-                 writers: int = WRITERS):
+                 writers: int = WRITERS, min_free: FreeSpace = FreeSpace()):
         self.root = Path(root)
         self._direct = direct  # cleared if the filesystem refuses O_DIRECT
         self._buffers = threading.local()
         self.blocks = self.root / "blocks"
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        # Held from choosing groups to evict until their files are gone, so that no
+        # store counts on space that is not free yet.  Taken before _lock, never inside.
+        self._evicting = threading.Lock()
         # (image dir, group) -> _Group, least recently used first
         self._groups: collections.OrderedDict[tuple[str, int], _Group] = \
             collections.OrderedDict()
@@ -136,14 +169,28 @@ class DiskCache:
         self._queue: queue.Queue = queue.Queue(maxsize=16)
         self.writers = writers
         self._writers: list[threading.Thread] = []
-        old = os.umask(0o077)
+        self.min_free = min_free
+        self._free = 0  # bytes free on the filesystem: statvfs's, less stores' since
+        self._min_free_bytes = 0
+        self._free_read_at = -math.inf
+        self._pending = 0  # bytes of stores under way (not yet in statvfs's figure)
+        self._off_until: float | None = None  # stores are off until a check then
+        self._warned_off = False
+        self._told_no_room = False
+        claim(self.root)
         try:
-            for d in (self.root, self.blocks):
-                d.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.chmod(d, 0o700)
-        finally:
-            os.umask(old)
+            self.blocks.mkdir(mode=0o700)
+            os.chmod(self.blocks, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise ConfigError(f"cannot create {self.blocks}: {exc.strerror}; choose "
+                                  "another --cache-dir") from None
         self._scan()
+        with contextlib.suppress(OSError):
+            if os.statvfs(self.root).f_flag & os.ST_RDONLY:
+                self._stop_storing("it is on a read-only filesystem")
 
     # ---- where things are -----------------------------------------------------
     @staticmethod
@@ -159,24 +206,32 @@ class DiskCache:
 
     # ---- the index ------------------------------------------------------------
     def _scan(self) -> None:
-        shutil.rmtree(self.root / "tmp", ignore_errors=True)  # an older version's layout
         found, stale = [], 0
-        for sub in self.blocks.iterdir():
+        for sub in self.blocks.iterdir() if self.blocks.is_dir() else ():
             name, _, block_size = sub.name.partition(".")
             if not (sub.is_dir() and block_size.isdigit() and len(name) == 40):
                 stale += 1  # an older version's layout
                 if sub.is_dir():
                     shutil.rmtree(sub, ignore_errors=True)
                 else:
-                    sub.unlink()
+                    with contextlib.suppress(OSError):
+                        sub.unlink()
                 continue
             self._dirs.add(sub.name)
             for entry in os.scandir(sub):
                 with contextlib.suppress(OSError, ValueError):
+                    group = int(entry.name, 16)
+                    if entry.is_dir(follow_symlinks=False):
+                        try:
+                            self._remove_directory(Path(entry.path))
+                        except OSError as exc:
+                            log.warning("disk cache: cannot remove the directory %s, where a "
+                                        "group file belongs: %s", entry.path, exc)
+                        continue
                     slots = self._slots_in(entry.path, int(block_size))
                     if slots:
                         mtime = entry.stat().st_mtime
-                        found.append((mtime, (sub.name, int(entry.name, 16)),
+                        found.append((mtime, (sub.name, group),
                                       _Group(slots, int(block_size), mtime)))
                     else:
                         os.unlink(entry.path)  # nothing in it (its blocks were dropped)
@@ -259,8 +314,6 @@ class DiskCache:
                 # One read-ahead of the whole run, rather than the kernel's slow start.
                 os.posix_fadvise(fd, first * bs, len(keys) * bs, os.POSIX_FADV_WILLNEED)
                 trailer = os.pread(fd, _TRAILER, GROUP_BLOCKS * bs)
-                if touch:
-                    os.utime(fd)  # recency, for eviction after a remount too
             except OSError as exc:
                 log.warning("disk cache: cannot read %s (%s); treating as a miss", path, exc)
                 for slot in slots:
@@ -268,6 +321,8 @@ class DiskCache:
                 if fd is not None:
                     os.close(fd)
                 fd = None
+            if touch and fd is not None:
+                self._touch(fd, path)
         try:
             for key, slot, indexed in zip(keys, slots, present):
                 data = None
@@ -283,6 +338,16 @@ class DiskCache:
         finally:
             if fd is not None:
                 os.close(fd)
+
+    def _touch(self, fd: int, path: Path) -> None:
+        """Set the group file's mtime (recency, for eviction after a remount too); a
+        failure costs only that recency."""
+        try:
+            os.utime(fd)
+        except OSError as exc:
+            log.debug("disk cache: cannot touch %s (%s)", path, exc)
+            if exc.errno == errno.EROFS:
+                self._stop_storing("its filesystem turned read-only")
 
     @staticmethod
     def _read_slot(fd: int, key: BlockKey, slot: int, trailer: bytes) -> bytes | None:
@@ -308,24 +373,32 @@ class DiskCache:
 
     # ---- writing --------------------------------------------------------------
     def store(self, key: BlockKey, data: bytes) -> None:
-        """Write the block into its slot and evict the least recently used over the bound."""
+        """Write the block into its slot and evict the least recently used over the
+        bounds; skipped while stores are off, or when even eviction leaves no room
+        above ``min_free``."""
         if self.max_bytes <= 0:
             return
         if len(data) > key.block_size:
             raise ValueError(f"a block of {len(data)} bytes is over the block size")
         where, slot = self.locate(key)
         bs = key.block_size
+        need = -(-len(data) // _ALIGN) * _ALIGN + _ALIGN  # its pages and its header's
+        with self._evicting:
+            with self._lock:
+                room, victims = self._make_room(where, need)
+            self._remove_groups(victims)
+        if not room:
+            return
         header = _HEADER.pack(_MAGIC, len(data), _checksum(data), key.digest())
         path = self.path(key)
         try:
-            if where[0] not in self._dirs:
-                path.parent.mkdir(mode=0o700, exist_ok=True)
-                self._dirs.add(where[0])
-            self._write_block(path, data, slot * bs, bs)
-            _write_at(path, header, GROUP_BLOCKS * bs + slot * _ENTRY)
+            self._write_slot(where, path, data, header, slot * bs, bs)
         except OSError as exc:  # a full or broken cache disk costs speed, not reads
-            log.warning("disk cache: cannot store a block in %s: %s", self.root, exc)
+            self._store_failed(where, exc)
             return
+        finally:
+            with self._lock:
+                self._pending -= need
         with self._lock:
             group = self._groups.get(where)
             if group is None:
@@ -335,6 +408,27 @@ class DiskCache:
                 group.slots.add(slot)
                 self._bytes += bs
         self._evict()
+
+    def _write_slot(self, where: tuple[str, int], path: Path, data: bytes, header: bytes,
+                    offset: int, block_size: int) -> None:
+        """The block, then its header; a directory in the group file's place is removed
+        first."""
+        if where[0] not in self._dirs:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            self._dirs.add(where[0])
+        try:
+            self._write_block(path, data, offset, block_size)
+        except IsADirectoryError:
+            self._remove_directory(path)
+            self._write_block(path, data, offset, block_size)
+        slot = offset // block_size
+        _write_at(path, header, GROUP_BLOCKS * block_size + slot * _ENTRY)
+
+    @staticmethod
+    def _remove_directory(path: Path) -> None:
+        """A directory where a group file belongs (always inside ``blocks``): removed."""
+        shutil.rmtree(path)
+        log.warning("disk cache: removed the directory %s, where a group file belongs", path)
 
     def _write_block(self, path: Path, data: bytes, offset: int, block_size: int) -> None:
         """Write a block's bytes into its slot: with ``O_DIRECT`` where the cache's
@@ -402,15 +496,102 @@ class DiskCache:
             thread.join()
         self._writers = []
 
+    # ---- the bounds -----------------------------------------------------------------
     def _evict(self) -> None:
-        victims = []
-        with self._lock:
-            while self._bytes > self.max_bytes and self._groups:
-                where, group = self._groups.popitem(last=False)
-                self._bytes -= group.bytes
-                victims.append(where)
+        with self._evicting:
+            victims = []
+            with self._lock:
+                while self._bytes > self.max_bytes and self._groups:
+                    victims.append(self._pop_oldest())
+            self._remove_groups(victims)
+
+    def _pop_oldest(self, keep: tuple[str, int] | None = None) -> tuple[str, int] | None:
+        """Out of the index: the least recently used group other than ``keep`` (None if
+        there is none).  Under both locks: the caller removes its file before it lets
+        go of ``_evicting``."""
+        where = next((w for w in self._groups if w != keep), None)
+        if where is not None:
+            group = self._groups.pop(where)
+            self._bytes -= group.bytes
+            self._free += group.bytes
+        return where
+
+    def _remove_groups(self, victims: list[tuple[str, int]]) -> None:
         for image_dir, group in victims:
             with contextlib.suppress(OSError):
                 (self.blocks / image_dir / f"{group:x}").unlink()
         if victims:
             log.debug("disk cache: evicted %d groups", len(victims))
+
+    def _read_free(self) -> bool:
+        """Read the filesystem's free space and minimum; whether it is writable.
+        Under the lock."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return True  # keep the last figures
+        self._free = st.f_bavail * st.f_frsize - self._pending
+        self._min_free_bytes = self.min_free.of(st.f_blocks * st.f_frsize)
+        self._free_read_at = _now()
+        return not st.f_flag & os.ST_RDONLY
+
+    def _make_room(self, near: tuple[str, int], need: int) -> tuple[bool, list]:
+        """Whether a store of ``need`` bytes into group ``near`` may go ahead, and the
+        groups evicted to keep ``min_free`` (their files are the caller's to remove).
+        Reserves ``need``.  Under the lock."""
+        now = _now()
+        if self._off_until is not None:
+            if now < self._off_until:
+                return False, []
+            writable = self._read_free()
+            if not writable or self._free - need < self._min_free_bytes:
+                self._off_until = now + _RECHECK_EVERY
+                return False, []
+            self._off_until = None
+            log.info("disk cache %s: storing blocks again (%.1f MiB free)", self.root,
+                     self._free / 2**20)
+        elif now - self._free_read_at >= _STATVFS_EVERY:
+            self._read_free()
+        victims = []
+        while self._free - need < self._min_free_bytes:
+            victim = self._pop_oldest(keep=near)
+            if victim is None:
+                if not self._told_no_room:
+                    self._told_no_room = True
+                    log.info("disk cache %s: its filesystem has under %s (%.1f MiB) free and "
+                             "the cache nothing left to evict: not storing until it has room",
+                             self.root, self.min_free, self._min_free_bytes / 2**20)
+                return False, victims
+            victims.append(victim)
+        self._free -= need
+        self._pending += need
+        return True, victims
+
+    def _store_failed(self, where: tuple[str, int], exc: OSError) -> None:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            with self._evicting:
+                victims = []
+                with self._lock:  # give back at least the minimum, and at least one group
+                    self._read_free()
+                    while not victims or self._free < self._min_free_bytes:
+                        victim = self._pop_oldest(keep=where)
+                        if victim is None:
+                            break
+                        victims.append(victim)
+                self._remove_groups(victims)
+            self._stop_storing(f"its filesystem is full ({exc.strerror})")
+        elif exc.errno == errno.EROFS:
+            self._stop_storing("its filesystem turned read-only")
+        else:
+            log.warning("disk cache: cannot store a block in %s: %s", self.root, exc)
+
+    def _stop_storing(self, why: str) -> None:
+        """Stores off until the next check; one warning for the first time, info after."""
+        with self._lock:
+            if self._off_until is not None:
+                return
+            self._off_until = _now() + _RECHECK_EVERY
+            first, self._warned_off = not self._warned_off, True
+        (log.warning if first else log.info)(
+            "disk cache %s: %s; serving the blocks it holds and storing no new ones "
+            "(checking again every %d s)", self.root, why, _RECHECK_EVERY)
