@@ -3,6 +3,13 @@
 Contexts carry both a token (for Glance, which works out the identity from
 it through the test wrapper) and the same identity spelled out (for the
 embedded store, which has no identity service).
+
+``ceph`` (a throw-away Ceph cluster) and ``glance_rbd`` (a second Glance,
+whose store is RBD on that cluster) are started by the first test that asks
+for them, so a run without such tests pays nothing for them.  Without the
+Ceph programs or the rados/rbd bindings those tests skip, unless
+``IMAGEFS_REQUIRE_CEPH`` is set (as ``scripts/test`` does, after
+``scripts/setup`` installed them): then they fail.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from ceph_cluster import CephCluster, missing_binaries  # noqa: E402
 from glance_server import ADMIN_PROJECT, PROJECT_A, PROJECT_B, GlanceServer  # noqa: E402
 
 from imagefs.api import API  # noqa: E402
@@ -49,6 +57,51 @@ def glance_clean(glance):
     glance.reset()
     yield glance
     glance.reset()
+
+
+def _ceph_missing() -> str | None:
+    """Why this machine cannot run the Ceph tests, or None if it can."""
+    missing = missing_binaries()
+    if missing:
+        return f"Ceph programs missing: {' '.join(missing)} (scripts/setup installs them)"
+    try:
+        import rados  # noqa: F401
+        import rbd  # noqa: F401
+    except ImportError as exc:
+        return f"the rados/rbd bindings do not import in {sys.executable}: {exc} " \
+               "(scripts/setup links Debian's into .venv)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def ceph():
+    """A single-node Ceph cluster with the pool ``images`` (see ceph_cluster.py)."""
+    reason = _ceph_missing()
+    if reason:
+        if os.environ.get("IMAGEFS_REQUIRE_CEPH"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = CephCluster()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def glance_rbd(tmp_path_factory, ceph):
+    """A second Glance, whose store is RBD on ``ceph``."""
+    server = GlanceServer(tmp_path_factory.mktemp("glance-rbd"), rbd=ceph)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def glance_rbd_clean(glance_rbd):
+    """The RBD Glance with counters zeroed and no faults, before and after."""
+    glance_rbd.reset()
+    yield glance_rbd
+    glance_rbd.reset()
 
 
 class Backend:

@@ -1,9 +1,13 @@
 """A real Glance API server on loopback, for tests and benchmarks.
 
-``GlanceServer`` writes a ``glance-api.conf`` (sqlite database, one ``fs``
-store) into a directory, runs ``glance-manage db_sync`` and starts this
-module as a subprocess that serves ``glance.wsgi.api:application`` under
-cheroot.
+``GlanceServer`` writes a ``glance-api.conf`` (sqlite database, one store)
+into a directory, runs ``glance-manage db_sync`` and starts this module as a
+subprocess that serves ``glance.wsgi.api:application`` under cheroot.  The
+store is ``fs`` (a directory beside the configuration) or, given a started
+``ceph_cluster.CephCluster``, ``rbd``: images in its pool ``images`` as
+``client.glance``, each with a ``direct_url`` of ``rbd://<fsid>/images/<id>/snap``
+(as a Nova host reading RBD directly would see).  An rbd Glance answers 400
+to a Range request by itself, as production ones do.
 
 Glance's paste pipeline here uses the ``context`` filter, which trusts the
 keystone-style identity headers (``X-Identity-Status``, ``X-Project-Id``,
@@ -82,21 +86,19 @@ paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
 
 API_CONF = """\
 [DEFAULT]
-enabled_backends = fs:file
+enabled_backends = {store}:{store_type}
 worker_self_reference_url = {url}
 show_multiple_locations = false
 log_file = {dir}/glance-api.log
 debug = false
-
+{default_extra}
 [database]
 connection = sqlite:///{dir}/glance.sqlite
 
 [glance_store]
-default_backend = fs
+default_backend = {store}
 
-[fs]
-filesystem_store_datadir = {dir}/images
-
+{store_section}
 [os_glance_staging_store]
 filesystem_store_datadir = {dir}/staging
 
@@ -112,6 +114,22 @@ enforce_new_defaults = true
 
 [wsgi]
 task_pool_threads = 4
+"""
+
+FS_STORE = """\
+[fs]
+filesystem_store_datadir = {dir}/images
+"""
+
+#: rados_connect_timeout also bounds each RADOS operation, so that a request
+#: to a Glance whose cluster is gone fails instead of hanging.
+RBD_STORE = """\
+[rbd]
+rbd_store_pool = {pool}
+rbd_store_user = glance
+rbd_store_ceph_conf = {ceph_conf}
+rbd_store_chunk_size = 4
+rados_connect_timeout = 30
 """
 
 _IDENTITY_HEADERS = ("HTTP_X_IDENTITY_STATUS", "HTTP_X_USER_ID", "HTTP_X_PROJECT_ID",
@@ -260,21 +278,34 @@ def free_port() -> int:
 
 
 class GlanceServer:
-    """A Glance API subprocess on 127.0.0.1; use as a context manager."""
+    """A Glance API subprocess on 127.0.0.1; use as a context manager.
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    With ``rbd`` (a started ``CephCluster``) its store is that cluster's pool
+    ``images``, which must outlive the server; otherwise a directory.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, *, rbd=None):
         self.dir = Path(workdir)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.rbd = rbd
         self.proc: subprocess.Popen | None = None
+
+    def _api_conf(self) -> str:
+        if self.rbd is None:
+            return API_CONF.format(dir=self.dir, url=self.url, store="fs", store_type="file",
+                                   default_extra="", store_section=FS_STORE.format(dir=self.dir))
+        return API_CONF.format(dir=self.dir, url=self.url, store="rbd", store_type="rbd",
+                               default_extra="show_image_direct_url = true\n",
+                               store_section=RBD_STORE.format(ceph_conf=self.rbd.conf_path,
+                                                                pool=self.rbd.pool))
 
     def _write_config(self):
         self.dir.mkdir(parents=True, exist_ok=True)
         for sub in ("images", "staging", "tasks"):
             (self.dir / sub).mkdir(exist_ok=True)
         (self.dir / "glance-api-paste.ini").write_text(PASTE_INI)
-        conf = API_CONF.format(dir=self.dir, url=self.url)
-        (self.dir / "glance-api.conf").write_text(conf)
+        (self.dir / "glance-api.conf").write_text(self._api_conf())
         (self.dir / "glance-manage.conf").write_text(
             f"[DEFAULT]\nlog_file = {self.dir}/glance-manage.log\n"
             f"[database]\nconnection = sqlite:///{self.dir}/glance.sqlite\n")
