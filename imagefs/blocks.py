@@ -22,6 +22,12 @@ within ``FAILURE_GRACE`` seconds after it: the kernel re-issues a failed
 readahead at once as a synchronous read of the same page, which would
 otherwise wait a second full deadline.
 
+Direct sources (``rbd``, ``file``) bypass the image service and its checks:
+once every block of an image has come from one, they are read back in order
+and checked against the image's hash.  On a mismatch the image's cached
+blocks are dropped, it is logged loudly, and the image is read through the
+service from then on.
+
 Stores that refuse ranges: the source raises ``RangesRefused``; this module
 alone decides what follows.  The image is remembered, and its blocks come
 from one stream from the start, which every reader waits for (a read ahead
@@ -39,6 +45,7 @@ its own) and hand blocks back with ``TrioToken.run_sync_soon``.  Between an
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Callable
 
@@ -58,6 +65,8 @@ MAX_STREAMS = 4
 STREAM_REACH = 2
 #: Seconds a failed flight answers new readers of its block (see the docstring).
 FAILURE_GRACE = 0.5
+#: Sources whose bytes bypass the image service: a whole read of them is checked.
+DIRECT_KINDS = frozenset({"rbd", "file"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +75,8 @@ class ImageRef:
     id: str
     version: str
     size: int
+    hash_algo: str | None = None   # what a whole read from a direct source is checked with
+    hash_value: str | None = None
 
 
 class _Flight:
@@ -80,7 +91,7 @@ class _Flight:
 
 
 class BlockReader:
-    def __init__(self, open_source: Callable[[ImageRef], Source], cache: TieredCache, *,
+    def __init__(self, open_source: Callable[[ImageRef, bool], Source], cache: TieredCache, *,
                  block_size: int, fetch_threads: int, read_deadline: float,
                  retry: RetryPolicy, nursery: trio.Nursery):
         self.open_source = open_source
@@ -95,6 +106,8 @@ class BlockReader:
         self._failed: dict[BlockKey, tuple[float, BaseException]] = {}
         self._streams: dict[str, list[Stream]] = {}
         self._no_ranges: set[str] = set()
+        self._direct_blocks: dict[str, set[int]] = {}  # blocks fetched from rbd or file
+        self._distrusted: set[str] = set()  # images whose direct bytes failed their hash
         self.stats = {"fetched_blocks": 0, "fetched_bytes": 0, "disk_hits": 0,
                       "memory_hits": 0, "streams": 0, "retries": 0}
 
@@ -119,8 +132,9 @@ class BlockReader:
                 return entry
             opened = self._sources[image.id] = trio.Event()
             try:
-                source = await trio.to_thread.run_sync(self.open_source, image,
-                                                       abandon_on_cancel=True)
+                source = await trio.to_thread.run_sync(
+                    self.open_source, image, image.id not in self._distrusted,
+                    abandon_on_cancel=True)
             except BaseException:
                 del self._sources[image.id]
                 raise
@@ -411,7 +425,52 @@ class BlockReader:
             self.stats["fetched_blocks"] += 1
             self.stats["fetched_bytes"] += len(data)
             self.cache.put(key, data)
+            self._note_fetched(image, index, source.kind)
             return data
+
+    # ---- checking what a direct source sent -----------------------------------------
+    def _note_fetched(self, image: ImageRef, index: int, kind: str) -> None:
+        """Once every block of an image came from a direct source, check them all
+        against the image's hash (Glance checks its own bytes; these bypass it)."""
+        if kind not in DIRECT_KINDS or not image.hash_algo:
+            return
+        done = self._direct_blocks.setdefault(image.id, set())
+        done.add(index)
+        if len(done) == self._blocks(image):
+            del self._direct_blocks[image.id]
+            self.nursery.start_soon(self._verify, image, kind)
+
+    async def _verify(self, image: ImageRef, kind: str) -> None:
+        try:
+            digest = hashlib.new(image.hash_algo)
+        except ValueError:
+            log.info("image %s: cannot check its bytes (unknown hash %s)", image.id,
+                     image.hash_algo)
+            return
+        for index in range(self._blocks(image)):
+            key = self.key(image, index)
+            data = self.cache.get(key)
+            if data is None:
+                data = await trio.to_thread.run_sync(self.cache.load, key)
+            if data is None or len(data) != self.block_length(image, index):
+                log.info("image %s: not checked against its %s: block %d is no longer "
+                         "cached", image.id, image.hash_algo, index)
+                return
+            await trio.to_thread.run_sync(digest.update, data)
+        if digest.hexdigest() == image.hash_value:
+            log.info("image %s: all %d bytes read from %s match its %s", image.id,
+                     image.size, kind, image.hash_algo)
+            return
+        log.error("image %s: THE BYTES READ FROM %s DO NOT MATCH ITS %s (%s, expected %s); "
+                  "dropping its cached blocks and reading it through the image service "
+                  "from now on", image.id, kind.upper(), image.hash_algo.upper(),
+                  digest.hexdigest(), image.hash_value)
+        self._distrusted.add(image.id)
+        source = self._sources.pop(image.id, None)
+        if source is not None and not isinstance(source, trio.Event):
+            source.close()
+        self.cache.discard_from_memory(image.id)
+        await trio.to_thread.run_sync(self.cache.discard_image, self.key(image, 0))
 
     def _note_no_ranges(self, image: ImageRef) -> None:
         if image.id not in self._no_ranges:
@@ -459,6 +518,7 @@ class BlockReader:
             flight = stream.waiting.get(index) or self._flights.get(key)
             if flight is not None:
                 self._complete(flight, data)
+            self._note_fetched(image, index, stream.source.kind)
 
         def handover(index: int, data: bytes) -> None:  # in the pump thread
             self.cache.store_later(self.key(image, index), data)  # may wait for the disk

@@ -92,7 +92,11 @@ class _Image:
 
     @property
     def ref(self) -> ImageRef:
-        return ImageRef(self.id, image_version(self.record), self.record.get("size") or 0)
+        record = self.record
+        algo, value = record.get("os_hash_algo"), record.get("os_hash_value")
+        if not (algo and value):
+            algo, value = ("md5", record["checksum"]) if record.get("checksum") else (None, None)
+        return ImageRef(self.id, image_version(record), record.get("size") or 0, algo, value)
 
 
 @dataclasses.dataclass

@@ -260,7 +260,7 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            blocks = BlockReader(lambda image: chooser.open(image.id, image.size),
+            blocks = BlockReader(lambda image, direct: chooser.open(image.id, image.size, direct),
                                  TieredCache(memory, disk), block_size=config.block_size,
                                  fetch_threads=config.fetch_threads,
                                  read_deadline=config.read_deadline, retry=config.retry,

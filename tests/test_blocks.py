@@ -8,6 +8,7 @@ costs no real time and a quick one never sees the clock move.
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import pytest
@@ -35,7 +36,7 @@ def run(source: FakeSource, body, *, memory: int = 8 * MiB, deadline: float = DE
 
     async def main():
         async with trio.open_nursery() as nursery:
-            reader = BlockReader(lambda _: source, TieredCache(MemoryCache(memory), None),
+            reader = BlockReader(lambda *_: source, TieredCache(MemoryCache(memory), None),
                                  block_size=BS, fetch_threads=4, read_deadline=deadline,
                                  retry=RetryPolicy(deadline=deadline), nursery=nursery)
             try:
@@ -266,3 +267,59 @@ def test_a_reader_behind_the_stream_from_the_start_waits_for_its_next_pass():
 
     run(source, body, memory=2 * BS)
     assert source.requests - source.ranged_requests == 2
+
+
+def _run_direct(bad: FakeSource, good: FakeSource, body):
+    """A BlockReader whose direct source is ``bad`` (kind rbd) until it is distrusted."""
+    bad.kind = "rbd"
+    data = good.data
+    image = ImageRef("img", "v1", len(data), "sha256", hashlib.sha256(data).hexdigest())
+    opened = []
+
+    def open_source(_, direct):
+        opened.append(direct)
+        return bad if direct else good
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            reader = BlockReader(open_source, TieredCache(MemoryCache(8 * MiB), None),
+                                 block_size=BS, fetch_threads=4, read_deadline=DEADLINE,
+                                 retry=RetryPolicy(deadline=DEADLINE), nursery=nursery)
+            try:
+                return await body(reader, image)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    return trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0.02)), opened
+
+
+def test_a_whole_read_from_a_direct_source_that_matches_its_hash_stays_direct(caplog):
+    data = data_of(8 * BS + 3)
+
+    async def body(reader, image):
+        assert await reader.read(image, 0, len(data)) == data
+        await trio.sleep(1)  # the check runs in the background
+        assert await reader.read(image, 0, 10) == data[:10]
+
+    with caplog.at_level("INFO"):
+        _, opened = _run_direct(FakeSource(data), FakeSource(data), body)
+    assert opened == [True]
+    assert "match its sha256" in caplog.text
+
+
+def test_direct_bytes_that_fail_the_image_hash_are_dropped_and_read_through_the_service(
+        caplog):
+    data = data_of(8 * BS + 3)
+    wrong = bytearray(data)
+    wrong[5 * BS + 17] ^= 1
+
+    async def body(reader, image):
+        await reader.read(image, 0, len(data))  # whole: the check follows
+        await trio.sleep(1)
+        return await reader.read(image, 0, len(data))
+
+    with caplog.at_level("INFO"):
+        again, opened = _run_direct(FakeSource(bytes(wrong)), FakeSource(data), body)
+    assert again == data  # dropped, then fetched from the service
+    assert opened == [True, False]
+    assert "DO NOT MATCH" in caplog.text

@@ -35,7 +35,7 @@ def run_fs(api, ctx, tmp_path, body, **overrides):
     async def main():
         async with trio.open_nursery() as nursery:
             disk = DiskCache(config.cache_dir, config.cache_size) if config.cache_size else None
-            blocks = BlockReader(lambda image: api.source(ctx, image.id),
+            blocks = BlockReader(lambda image, direct: api.source(ctx, image.id),
                                  TieredCache(MemoryCache(config.memory_cache), disk),
                                  block_size=config.block_size,
                                  fetch_threads=config.fetch_threads,

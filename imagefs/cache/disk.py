@@ -371,6 +371,23 @@ class DiskCache:
         with contextlib.suppress(OSError):
             _write_at(path, bytes(_ENTRY), GROUP_BLOCKS * block_size + slot * _ENTRY)
 
+    def discard_image(self, key: BlockKey) -> int:
+        """Remove every block of ``key``'s image version (any index) from the index
+        and the disk; returns the bytes freed.  Blocks still queued by
+        ``store_later`` may land afterwards."""
+        image_dir = _image_dir(key)
+        with self._evicting:
+            with self._lock:
+                victims = [where for where in self._groups if where[0] == image_dir]
+                freed = 0
+                for where in victims:
+                    group = self._groups.pop(where)
+                    self._bytes -= group.bytes
+                    self._free += group.bytes
+                    freed += group.bytes
+            self._remove_groups(victims)
+        return freed
+
     # ---- writing --------------------------------------------------------------
     def store(self, key: BlockKey, data: bytes) -> None:
         """Write the block into its slot and evict the least recently used over the

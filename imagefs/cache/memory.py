@@ -18,6 +18,11 @@ class MemoryCache:
         if len(data) <= self._lru.maxsize:
             self._lru[key] = data
 
+    def discard_image(self, image_id: str) -> None:
+        """Forget every block of the image."""
+        for key in [k for k in self._lru if k.image_id == image_id]:
+            del self._lru[key]
+
     def __contains__(self, key: BlockKey) -> bool:
         return key in self._lru
 

@@ -57,6 +57,15 @@ class TieredCache:
         if self.disk is not None:
             self.disk.store_later(key, data)
 
+    def discard_image(self, key: BlockKey) -> int:
+        """Forget every block of ``key``'s image, in both tiers.  Blocking (the disk's
+        files are removed); call the memory side on the trio thread first with
+        ``discard_from_memory``."""
+        return self.disk.discard_image(key) if self.disk is not None else 0
+
+    def discard_from_memory(self, image_id: str) -> None:
+        self.memory.discard_image(image_id)
+
     def close(self) -> None:
         if self.disk is not None:
             self.disk.close()

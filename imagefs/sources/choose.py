@@ -129,10 +129,11 @@ class SourceChooser:
             parts.append("file:// locations read directly")
         return "; ".join(parts)
 
-    def open(self, image_id: str, size: int) -> Source:
-        """The source for an image (blocking: it may ask the service and Ceph)."""
+    def open(self, image_id: str, size: int, direct: bool = True) -> Source:
+        """The source for an image (blocking: it may ask the service and Ceph);
+        with ``direct`` False, the service's."""
         service = self.api.source(self.ctx, image_id)
-        if not self.options.schemes:
+        if not self.options.schemes or not direct:
             return service
         try:
             record = self.api.get(self.ctx, image_id, include_locations=True)
