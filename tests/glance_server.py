@@ -20,7 +20,8 @@ made by Glance itself.
 The wrapper also gives tests a control channel (``/_test/...``, not part of
 Glance's API):
 
-- ``GET /_test/stats``: bytes of image data sent (``GET .../file``) and the
+- ``GET /_test/stats``: bytes of image data sent (the bodies of ``GET .../file``
+  answered 2xx) and the
   number of requests, by kind;
 - ``POST /_test/reset``: zero the counters and clear faults;
 - ``POST /_test/faults`` with a JSON object: ``refuse_ranges`` (answer 400 to
@@ -243,9 +244,16 @@ class IdentityWrapper:
             return self.app(environ, start_response)
         if faults.get("delay"):
             cleared.wait(faults["delay"])  # a stall, until it passes or the faults change
-        return self._count(self.app(environ, start_response), faults)
+        status = []
 
-    def _count(self, body, faults):
+        def recording(code, headers, *exc_info):
+            status.append(code)
+            return start_response(code, headers, *exc_info)
+        return self._count(self.app(environ, recording), faults, status)
+
+    def _count(self, body, faults, status):
+        """Pass ``body`` on, counting it as data only if it is image data (2xx):
+        an error's body is not."""
         drop_after = None
         if faults.get("drop_after") is not None and faults.get("drop_count", 1) > 0:
             drop_after = faults["drop_after"]
@@ -254,6 +262,9 @@ class IdentityWrapper:
         sent = 0
         try:
             for chunk in body:
+                if not status or not status[0].startswith("2"):
+                    yield chunk
+                    continue
                 if drop_after is not None and sent + len(chunk) > drop_after:
                     chunk = chunk[: drop_after - sent]
                     with self.lock:
