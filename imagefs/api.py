@@ -29,7 +29,10 @@ whatever the arguments:
   failure the temporary file is removed and ``dest_path`` is untouched;
 - with ``data``, bytes are written to it as they arrive; on failure what was
   written stays there (the caller owns the file) and the error is raised;
-- it returns the image's record, the one the bytes were verified against.
+- it returns the image's record, the one the bytes were verified against;
+- with a ``direct`` hook (``imagefs image download --direct``), the bytes come
+  straight from the image's store where its location allows, and are
+  verified the same way.
 
 For reading parts of an image there are ``read`` (one range, exact) and
 ``stream`` (bytes from an offset to the end), both retried; the mount reads
@@ -53,7 +56,7 @@ from .errors import (BackendUnavailable, ImageBadRequest, ImageChecksumMismatch,
                      ImagefsError, ImageNoData, ImageNotFound, RangesRefused)
 from .records import DELETED_STATES, FIELDS, split_info
 from .retry import Backoff, RetryPolicy, call_with_retries
-from .sources import closing, skip_bytes
+from .sources import Source, closing, skip_bytes
 from .sources.service import ServiceSource
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,9 @@ CHUNK = 1 << 20
 
 #: progress(image_id, bytes done, bytes in all or None)
 Progress = Callable[[str, int, "int | None"], None]
+#: direct(context, image_id, size): a source that reads the image's bytes straight
+#: from its store (``imagefs.sources.choose``), or None to read them through the service.
+DirectSource = Callable[[RequestContext, str, int], "Source | None"]
 
 
 def _chunks(data: Any) -> Iterator[bytes]:
@@ -120,12 +126,14 @@ class API:
     """Images through ``default`` (a driver), or another driver a URI names."""
 
     def __init__(self, default: Driver, *others: Driver, retry: RetryPolicy = RetryPolicy(),
-                 page_size: int = 100, progress: Progress | None = None):
+                 page_size: int = 100, progress: Progress | None = None,
+                 direct: DirectSource | None = None):
         self.default = default
         self.drivers = (default, *others)
         self.retry = retry
         self.page_size = page_size
         self.progress = progress
+        self.direct = direct
 
     # ---- dispatch ---------------------------------------------------------
     def resolve(self, id_or_uri: str) -> tuple[Driver, str]:
@@ -383,11 +391,36 @@ class API:
                             offset, delay)
                 time.sleep(delay)
 
+    def _resuming_source(self, source: Source, image_id: str) -> Iterator[bytes]:
+        """A direct source's bytes from the start, resumed after failures within
+        the policy (a source gives way to the service on its own when it must)."""
+        offset, backoff = 0, Backoff(self.retry)
+        try:
+            while True:
+                try:
+                    with closing(source.stream(offset)) as stream:
+                        for chunk in stream:
+                            offset += len(chunk)
+                            yield chunk
+                    return
+                except BackendUnavailable as exc:
+                    delay = backoff.next_delay()
+                    if delay is None:
+                        raise
+                    log.warning("image %s: %s; resuming at byte %d in %.2fs", image_id, exc,
+                                offset, delay)
+                    time.sleep(delay)
+        finally:
+            source.close()
+
     # ---- helpers ------------------------------------------------------------
     def _transfer(self, context, driver, record, write) -> None:
         verifier = _Verifier(record)
         image_id, total = record["id"], record.get("size")
-        for chunk in self._resuming(context, driver, image_id, 0):
+        source = self.direct(context, image_id, total or 0) if self.direct else None
+        chunks = self._resuming(context, driver, image_id, 0) if source is None else \
+            self._resuming_source(source, image_id)
+        for chunk in chunks:
             write(chunk)
             verifier.update(chunk)
             if self.progress:

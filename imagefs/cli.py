@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="ID")
     p.add_argument("--file", metavar="PATH", required=True,
                    help="write to PATH (it appears only complete and verified)")
+    from .connect import add_direct_arguments
+    add_direct_arguments(p)
 
     _add_mount_commands(top, svc)
     return parser
@@ -175,6 +177,13 @@ def _open(args):
     if args.action in ("create", "download") and sys.stderr.isatty():
         progress = ProgressLine("uploading" if args.action == "create" else "downloading")
     api, ctx = open_api(opts, progress=progress)
+    if args.action == "download":
+        from .connect import direct_from_args
+        from .sources.choose import SourceChooser
+
+        direct = direct_from_args(args)
+        if direct.schemes:
+            api.direct = SourceChooser(api, ctx, direct).open_direct
     return api, ctx, progress
 
 

@@ -19,6 +19,7 @@ Which image service, in this order:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from typing import Mapping
@@ -28,6 +29,8 @@ from .context import RequestContext
 from .drivers.local import LocalDriver, default_store_dir
 from .errors import ConfigError
 from .retry import RetryPolicy
+from .sources.choose import DirectOptions
+from .sources.rbd import CephOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,3 +134,22 @@ def _open_cloud(opts: ServiceOptions, retry: RetryPolicy, progress):
     ctx = RequestContext(session=session, project_id=auth.get("project_id"),
                          user_id=auth.get("user_id"))
     return API(driver, retry=retry, progress=progress), ctx
+
+
+def add_direct_arguments(p: argparse.ArgumentParser) -> None:
+    """Reading images straight from their store, where their location allows."""
+    g = p.add_argument_group("direct reads from the image's store")
+    g.add_argument("--direct", default="rbd", metavar="SCHEMES",
+                   help="locations read directly: rbd, file, both (rbd,file) or none "
+                        "(default rbd; file:// only when asked)")
+    g.add_argument("--ceph-conf", metavar="FILE",
+                   help="Ceph configuration (default $CEPH_CONF, else /etc/ceph/ceph.conf)")
+    g.add_argument("--ceph-user", metavar="NAME",
+                   help="Ceph client name without 'client.' (default $CEPH_USER, else admin)")
+    g.add_argument("--ceph-keyring", metavar="FILE",
+                   help="Ceph keyring (default: as Ceph finds it from the configuration)")
+
+
+def direct_from_args(args) -> DirectOptions:
+    return DirectOptions(DirectOptions.parse_schemes(args.direct),
+                         CephOptions.from_env(args.ceph_conf, args.ceph_user, args.ceph_keyring))

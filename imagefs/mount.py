@@ -33,7 +33,8 @@ from .blocks import BlockReader
 from .cache import DiskCache, MemoryCache, TieredCache
 from .cache.directory import claim
 from .config import MountConfig, default_cache_dir, parse_free_space, parse_size
-from .connect import describe, open_api, service_options
+from .connect import (add_direct_arguments, describe, direct_from_args, open_api,
+                      service_options)
 from .errors import ConfigError, ImagefsError
 from .fs import ImageFS
 from .fuse_ops import FuseOps
@@ -43,7 +44,6 @@ from .mountpoint import probe as probe_mountpoint
 from .mountpoint import unmount
 from .retry import RetryPolicy
 from .sources.choose import DirectOptions, SourceChooser
-from .sources.rbd import CephOptions
 
 log = logging.getLogger(__name__)
 
@@ -80,25 +80,6 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
     u.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     u.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     u.set_defaults(run=run_umount)
-
-
-def add_direct_arguments(p: argparse.ArgumentParser) -> None:
-    """Reading images straight from their store, where their location allows."""
-    g = p.add_argument_group("direct reads from the image's store")
-    g.add_argument("--direct", default="rbd", metavar="SCHEMES",
-                   help="locations read directly: rbd, file, both (rbd,file) or none "
-                        "(default rbd; file:// only when asked)")
-    g.add_argument("--ceph-conf", metavar="FILE",
-                   help="Ceph configuration (default $CEPH_CONF, else /etc/ceph/ceph.conf)")
-    g.add_argument("--ceph-user", metavar="NAME",
-                   help="Ceph client name without 'client.' (default $CEPH_USER, else admin)")
-    g.add_argument("--ceph-keyring", metavar="FILE",
-                   help="Ceph keyring (default: as Ceph finds it from the configuration)")
-
-
-def direct_from_args(args) -> DirectOptions:
-    return DirectOptions(DirectOptions.parse_schemes(args.direct),
-                         CephOptions.from_env(args.ceph_conf, args.ceph_user, args.ceph_keyring))
 
 
 def config_from_args(args) -> MountConfig:

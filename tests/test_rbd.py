@@ -248,3 +248,18 @@ def test_a_deleted_snapshot_fails_reads_with_an_errno_never_wrong_bytes(
     reasons = [line for line in fresh.output().splitlines()
                if "reading through the image service" in line]
     assert len(reasons) == 1 and "image not found" in reasons[0], fresh.output()
+
+
+def test_image_download_reads_rbd_directly_and_verifies(images, ceph, glance_rbd_clean,
+                                                         tmp_path):
+    from test_mount import imagefs
+
+    out = tmp_path / "image.raw"
+    glance_rbd_clean.reset()
+    before = osd_read_bytes(ceph)
+    proc = imagefs("image", "download", images["raw"], "--file", str(out), *ceph_args(ceph),
+                   env={"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance_rbd_clean.url})
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == images["raw_bytes"]
+    assert glance_rbd_clean.stats()["data_bytes"] == 0
+    assert osd_read_bytes(ceph) - before >= len(images["raw_bytes"])

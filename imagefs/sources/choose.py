@@ -159,6 +159,12 @@ class SourceChooser:
                         "; ".join(reasons))
         return service
 
+    def open_direct(self, ctx: RequestContext, image_id: str, size: int) -> Source | None:
+        """A direct source for the image, or None (``API``'s ``direct`` hook, for
+        downloads; ``ctx`` must be the chooser's)."""
+        source = self.open(image_id, size)
+        return source if source.kind in ("rbd", "file") else None
+
     def _open_direct(self, url: str, size: int) -> Source:
         if url.startswith("rbd://"):
             location = RbdLocation.parse(url)
