@@ -41,23 +41,36 @@ def cut_blocks(chunks: Iterable[bytes], first: int,
                length: Callable[[int], int]) -> Iterator[tuple[int, bytes]]:
     """``(index, block)`` from ``chunks`` of any size, blocks ``first, first+1, ...``
     of ``length(index)`` bytes each; a block of length 0 ends it.  A last
-    partial block is not yielded (the caller sees where the blocks stopped)."""
+    partial block is not yielded (the caller sees where the blocks stopped).
+    Each byte is copied at most once (a chunk that is exactly a block, none)."""
     index, want = first, length(first)
     buf = bytearray()
     for chunk in chunks:
         if want <= 0:
             return
-        if not buf and len(chunk) == want:  # the usual case: chunks are blocks
-            yield index, bytes(chunk)
+        view, start = memoryview(chunk), 0
+        if buf:  # complete the block begun in an earlier chunk
+            take = min(want - len(buf), len(view))
+            buf += view[:take]
+            start = take
+            if len(buf) < want:
+                continue
+            yield index, bytes(buf)
+            buf = bytearray()
+            index += 1
+            want = length(index)
+        if start == 0 and len(view) == want:  # the usual case: chunks are blocks
+            yield index, chunk if isinstance(chunk, bytes) else bytes(chunk)
             index += 1
             want = length(index)
             continue
-        buf += chunk
-        while want > 0 and len(buf) >= want:
-            yield index, bytes(buf[:want])
-            del buf[:want]
+        while want > 0 and len(view) - start >= want:
+            yield index, bytes(view[start:start + want])
+            start += want
             index += 1
             want = length(index)
+        if want > 0 and start < len(view):
+            buf += view[start:]
 
 
 class Stream:
