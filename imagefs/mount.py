@@ -237,7 +237,7 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
         if config.cache_size > 0 else None
 
     chooser = SourceChooser(api, ctx, direct)
-    log.info("%s", chooser.describe())
+    log.log(logging.WARNING if chooser.warns() else logging.INFO, "%s", chooser.describe())
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -110,6 +110,12 @@ class SourceChooser:
         self.api, self.ctx, self.options = api, ctx, options
         self._cluster = RbdCluster(options.ceph) if "rbd" in options.schemes else None
 
+    def warns(self) -> bool:
+        """Whether the direct path is off though this host looks meant for it: a
+        Ceph conf exists, the bindings do not."""
+        return "rbd" in self.options.schemes and not available() and \
+            bool(self.options.ceph.conf)
+
     def describe(self) -> str:
         """One line on the direct path, for the mount's log."""
         if not self.options.schemes:
