@@ -50,6 +50,35 @@ def parse_free_space(text: str) -> FreeSpace:
         raise ConfigError(f"not a free-space minimum: {text!r} (use e.g. 5%, 512M)") from None
 
 
+def parse_mode(text: str) -> int:
+    """``"0440"`` or ``"440"`` → permission bits (octal, as chmod takes them)."""
+    if not re.fullmatch(r"0?[0-7]{3}", str(text).strip()):
+        raise ConfigError(f"not a file mode: {text!r} (use octal, e.g. 0440)")
+    return int(str(text).strip(), 8)
+
+
+def parse_user(text: str) -> int:
+    """A user name or uid → uid."""
+    import pwd
+    if str(text).isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise ConfigError(f"no such user: {text!r}") from None
+
+
+def parse_group(text: str) -> int:
+    """A group name or gid → gid."""
+    import grp
+    if str(text).isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise ConfigError(f"no such group: {text!r}") from None
+
+
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/imagefs`` (``~/.cache/imagefs``)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -69,6 +98,10 @@ class MountConfig:
     max_readahead: int = 64 * MiB       # the prefetch window's ceiling
     read_ahead_kb: int = 4096           # the kernel's per-mount readahead (0: leave as is)
     allow_other: bool = False
+    uid: int | None = None              # owner shown for every file (None: the mount's user)
+    gid: int | None = None              # group shown for every file (None: the mount's group)
+    file_mode: int = 0o444              # permission bits of data and metadata.json
+    dir_mode: int = 0o555               # permission bits of the directories
     read_deadline: float = 30.0         # a read answers EIO after this long at most
     retry: RetryPolicy = RetryPolicy()  # metadata calls and block fetches; the mount's
     #                                     deadline is read_deadline
@@ -83,6 +116,13 @@ class MountConfig:
             raise ConfigError("cache size must be >= 0 (0 disables the disk tier)")
         if self.fetch_threads < 1:
             raise ConfigError("fetch threads must be >= 1")
+        for name in ("file_mode", "dir_mode"):
+            if not 0 <= getattr(self, name) <= 0o777:
+                raise ConfigError(f"--{name.replace('_', '-')} must be permission bits, "
+                                  "e.g. 0440")
+        if self.file_mode & 0o222 or self.dir_mode & 0o222:
+            raise ConfigError("the mount is read-only: --file-mode and --dir-mode take no "
+                              "write bits")
         if not self.read_deadline > 0:
             raise ConfigError("the read deadline must be > 0 seconds")
         if self.list_ttl < 0 or self.record_ttl < 0:

@@ -219,7 +219,7 @@ class ImageFS:
 
     async def getattr(self, ino: int) -> Attr:
         if ino == ROOT_INODE:
-            return Attr(ROOT_INODE, stat.S_IFDIR | 0o555, 0, self.mounted_at_ns, 2,
+            return Attr(ROOT_INODE, stat.S_IFDIR | self.config.dir_mode, 0, self.mounted_at_ns, 2,
                         self.config.list_ttl)
         image, kind = self._split(ino)
         if kind != _KIND_DATA:  # the data's attributes never change; the record's may
@@ -229,13 +229,15 @@ class ImageFS:
     def _attr(self, image: _Image, kind: int) -> Attr:
         record = image.record
         if kind == _KIND_DIR:
-            return Attr(image.ino, stat.S_IFDIR | 0o555, 0, _ns(record.get("updated_at")), 2,
+            return Attr(image.ino, stat.S_IFDIR | self.config.dir_mode, 0,
+                        _ns(record.get("updated_at")), 2,
                         self.config.record_ttl)
         if kind == _KIND_META:
-            return Attr(image.ino + 1, stat.S_IFREG | 0o444, len(metadata_bytes(record)),
+            return Attr(image.ino + 1, stat.S_IFREG | self.config.file_mode,
+                        len(metadata_bytes(record)),
                         _ns(record.get("updated_at")), 1, self.config.record_ttl)
         # An active image's bytes never change: the kernel may keep its attributes.
-        return Attr(image.ino + 2, stat.S_IFREG | 0o444, record.get("size") or 0,
+        return Attr(image.ino + 2, stat.S_IFREG | self.config.file_mode, record.get("size") or 0,
                     _ns(record.get("created_at")), 1, 3600.0)
 
     async def opendir(self, ino: int) -> int:

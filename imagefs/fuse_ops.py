@@ -77,10 +77,11 @@ class FuseOps(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, fs: ImageFS):
+    def __init__(self, fs: ImageFS, uid: int | None = None, gid: int | None = None):
         super().__init__()
         self.fs = fs
-        self.uid, self.gid = os.getuid(), os.getgid()
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
 
     def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()

@@ -32,7 +32,8 @@ import trio
 from .blocks import BlockReader
 from .cache import DiskCache, MemoryCache, TieredCache
 from .cache.directory import claim
-from .config import MountConfig, default_cache_dir, parse_free_space, parse_size
+from .config import (MountConfig, default_cache_dir, parse_free_space, parse_group,
+                     parse_mode, parse_size, parse_user)
 from .connect import (add_direct_arguments, describe, direct_from_args, open_api,
                       service_options)
 from .errors import ConfigError, ImagefsError
@@ -70,6 +71,12 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
     p.add_argument("--read-deadline", type=float, default=30.0, metavar="SECONDS",
                    help="a read that cannot be served by then fails with EIO (default 30)")
     p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
+    p.add_argument("--uid", metavar="USER", help="owner of every file (default: the mount's user)")
+    p.add_argument("--gid", metavar="GROUP", help="group of every file (default: the mount's)")
+    p.add_argument("--file-mode", default="0444", metavar="MODE",
+                   help="permissions of the files (default 0444); the kernel enforces them")
+    p.add_argument("--dir-mode", default="0555", metavar="MODE",
+                   help="permissions of the directories (default 0555)")
     p.add_argument("--log", metavar="FILE",
                    help="log file when in the background (default <cache dir>/imagefs.log)")
     add_direct_arguments(p)
@@ -89,6 +96,9 @@ def config_from_args(args) -> MountConfig:
                   block_size=parse_size(args.block_size), fetch_threads=args.fetch_threads,
                   list_ttl=args.list_ttl, record_ttl=args.record_ttl,
                   read_deadline=args.read_deadline, allow_other=args.allow_other,
+                  uid=parse_user(args.uid) if args.uid else None,
+                  gid=parse_group(args.gid) if args.gid else None,
+                  file_mode=parse_mode(args.file_mode), dir_mode=parse_mode(args.dir_mode),
                   retry=RetryPolicy(deadline=args.read_deadline))
     if args.cache_dir:
         kwargs["cache_dir"] = Path(args.cache_dir).absolute()
@@ -251,7 +261,7 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
             # mount appears must unmount it, not kill the daemon.
             await nursery.start(_watch_signals)
             try:
-                pyfuse3.init(FuseOps(fs), str(mountpoint), options)
+                pyfuse3.init(FuseOps(fs, config.uid, config.gid), str(mountpoint), options)
             except RuntimeError as exc:
                 raise ConfigError(f"cannot mount at {mountpoint}: {exc}") from exc
             try:
