@@ -4,6 +4,9 @@ Without ``--foreground`` the command forks; the parent waits on a pipe until
 the child reports the mount ready (exit 0) or failed (the reason on stderr,
 exit 1), so a script can use the mount as soon as the command returns.
 SIGINT and SIGTERM unmount cleanly; after a clean unmount the daemon exits 0.
+Under systemd (``Type=notify``, with ``--foreground``) the daemon says
+``READY=1`` once the mount answers and ``STOPPING=1`` when it unmounts
+(``imagefs.notify``).
 
 One mount per cache directory: the daemon holds an exclusive ``flock`` on
 ``<cache dir>/lock`` for its whole life, and a second mount on the same
@@ -41,6 +44,7 @@ from .fs import ImageFS
 from .fuse_ops import FuseOps
 from .malloc import keep_freed_memory
 from .mountpoint import prepare as prepare_mountpoint
+from .notify import notify
 from .mountpoint import probe as probe_mountpoint
 from .mountpoint import unmount
 from .retry import RetryPolicy
@@ -246,6 +250,7 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
     disk = DiskCache(config.cache_dir, config.cache_size, min_free=config.cache_min_free) \
         if config.cache_size > 0 else None
 
+    notify(f"STATUS=mounting at {mountpoint}")
     chooser = SourceChooser(api, ctx, direct)
     log.log(logging.WARNING if chooser.warns() else logging.INFO, "%s", chooser.describe())
 
@@ -270,6 +275,7 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
             except BaseException:
                 pyfuse3.close(unmount=False)
                 raise
+            notify("STOPPING=1", "STATUS=unmounted")
             pyfuse3.close(unmount=True)
             nursery.cancel_scope.cancel()
             log.info("served %d reads (%d bytes); blocks: %s; API calls: %s", fs.reads["requests"],
@@ -291,6 +297,7 @@ async def _watch_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         async for signum in signals:
             log.info("%s: unmounting", signal.Signals(signum).name)
+            notify("STOPPING=1", "STATUS=unmounting")
             pyfuse3.terminate()
             return
 
@@ -306,6 +313,7 @@ async def _when_mounted(mountpoint: Path, config: MountConfig, ready) -> None:
         except OSError as exc:  # not root: the kernel's default stands
             log.info("cannot set the mount's readahead (%s): keeping the kernel's", exc)
     log.info("mounted at %s", mountpoint)
+    notify("READY=1", f"STATUS=serving images at {mountpoint}")
     if ready:
         ready()
 

@@ -258,3 +258,28 @@ def test_a_dead_mount_of_another_fuse_filesystem_is_refused_with_the_command_tha
     assert f"fusermount3 -u {mnt}" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert in_mountinfo(mnt)  # left as it was
+
+
+def test_systemd_hears_ready_once_the_mount_answers_and_stopping_at_unmount(glance_clean,
+                                                                           tmp_path):
+    import socket
+
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(30)
+        m = Mount(tmp_path / "mnt", tmp_path / "cache",
+                  {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance_clean.url,
+                   "NOTIFY_SOCKET": address})
+        messages = []
+        try:
+            while not any("READY=1" in msg for msg in messages):
+                messages.append(sock.recv(4096).decode())
+            assert os.path.ismount(m.path)  # ready means the mount answers
+            assert any(line.startswith("STATUS=") for msg in messages
+                       for line in msg.splitlines())
+        finally:
+            assert m.unmount() == 0, m.output()
+        while not any("STOPPING=1" in msg for msg in messages):
+            messages.append(sock.recv(4096).decode())
+    print(f"\nnotify socket got: {messages}")
