@@ -170,9 +170,13 @@ def print_record(record: dict, fmt: str) -> None:
 
 # ---- the image commands ---------------------------------------------------------
 def _open(args):
-    from .connect import open_api, service_options
+    from .connect import is_explicit, open_api, service_options
 
     opts = service_options(args)
+    if not is_explicit(opts):
+        from .drivers.local import default_store_dir
+        print(f"imagefs: using the embedded store in {default_store_dir()} (no --store, "
+              "--os-cloud or OS_* variables given)", file=sys.stderr)
     progress = None
     if args.action in ("create", "download") and sys.stderr.isatty():
         progress = ProgressLine("uploading" if args.action == "create" else "downloading")

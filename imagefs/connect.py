@@ -75,6 +75,17 @@ def service_options(args, env: Mapping[str, str] = os.environ) -> ServiceOptions
                                    os_image_url=args.os_image_url, timeout=args.timeout)
 
 
+def is_explicit(opts: ServiceOptions, env: Mapping[str, str] = os.environ) -> bool:
+    """Whether the options or ``OS_*`` name an image service (else: the default store)."""
+    return bool(opts.store or opts.os_auth_token or opts.os_auth_token_file
+                or opts.os_image_url or uses_keystone(opts, env))
+
+
+NO_SERVICE = ("no image service given: use --store DIR, --os-cloud NAME, "
+              "--os-auth-token-file FILE with --os-image-url URL, or the OS_* variables "
+              "of an openrc file")
+
+
 def uses_keystone(opts: ServiceOptions, env: Mapping[str, str]) -> bool:
     return bool(opts.os_cloud or env.get("OS_AUTH_URL"))
 

@@ -37,14 +37,15 @@ from .cache import DiskCache, MemoryCache, TieredCache
 from .cache.directory import claim
 from .config import (MountConfig, default_cache_dir, parse_free_space, parse_group,
                      parse_mode, parse_size, parse_user)
-from .connect import (add_direct_arguments, describe, direct_from_args, open_api,
-                      service_options)
+from .connect import (NO_SERVICE, add_direct_arguments, describe, direct_from_args,
+                      is_explicit, open_api, service_options)
 from .errors import ConfigError, ImagefsError
 from .fs import ImageFS
 from .fuse_ops import FuseOps
 from .malloc import keep_freed_memory
 from .mountpoint import prepare as prepare_mountpoint
 from .notify import notify
+from .mountpoint import IMAGEFS_FSTYPE
 from .mountpoint import probe as probe_mountpoint
 from .mountpoint import unmount
 from .retry import RetryPolicy
@@ -57,6 +58,8 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
     p = top.add_parser("mount", parents=[service_options], help="mount the images at MOUNTPOINT")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("--nonempty", action="store_true",
+                   help="mount over a directory that is not empty (hiding what is in it)")
     p.add_argument("--cache-dir", metavar="DIR", help=f"disk cache (default {default_cache_dir()})")
     p.add_argument("--cache-size", default="20G", metavar="SIZE",
                    help="disk cache bound (default 20G; 0 disables it)")
@@ -151,6 +154,27 @@ def lock_cache_dir(cache_dir: Path) -> int | None:
     return fd
 
 
+def _identity(ctx) -> str:
+    """`` as user U in project P`` where the context knows them."""
+    parts = [f"user {ctx.user_id}" if ctx.user_id else "",
+             f"project {ctx.project_id}" if ctx.project_id else ""]
+    return (" as " + " in ".join(p for p in parts if p)) if any(parts) else ""
+
+
+def _unwrap(group: BaseExceptionGroup) -> BaseException:
+    """The one error a trio nursery's group carries (its reason), or the group."""
+    leaves = []
+
+    def walk(exc):
+        if isinstance(exc, BaseExceptionGroup):
+            for sub in exc.exceptions:
+                walk(sub)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else group
+
+
 def _write_pid(cache_dir: Path) -> None:
     """Write this process's pid into the lock file (for a refused second mount to show);
     not on a read-only cache directory."""
@@ -164,15 +188,20 @@ def _write_pid(cache_dir: Path) -> None:
 
 def run_mount(args) -> int:
     mountpoint = Path(args.mountpoint).absolute()
-    prepare_mountpoint(mountpoint)  # clears a mount left dead by a killed daemon
+    prepare_mountpoint(mountpoint, args.nonempty)  # clears a mount left dead by a killed daemon
     config = config_from_args(args)
     opts = service_options(args)
+    if not is_explicit(opts):  # a forgotten openrc must not look like an empty cloud
+        raise ConfigError(NO_SERVICE)
     direct = direct_from_args(args)
     api, ctx = open_api(opts, retry=config.retry)
     # Fail now, with the reason, rather than mount something that cannot list.
     next(iter(api.get_all(ctx, limit=1)), None)
     lock_cache_dir(config.cache_dir)  # held (an open fd) until the process exits
-    log.info("mounting %s at %s (cache %s)", describe(opts), mountpoint, config.cache_dir)
+    what = f"mounting {describe(opts)}{_identity(ctx)} at {mountpoint}"
+    log.info("%s (cache %s)", what, config.cache_dir)
+    if args.foreground and log.getEffectiveLevel() > logging.INFO:
+        print(f"imagefs: {what}", file=sys.stderr)
     if args.foreground:
         _write_pid(config.cache_dir)
         return serve(api, ctx, config, direct, mountpoint, ready=None)
@@ -283,7 +312,13 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
             blocks.close()
 
     try:
-        trio.run(main)
+        try:
+            trio.run(main)
+        except BaseExceptionGroup as group:  # say the reason, not "ExceptionGroup"
+            reason = _unwrap(group)
+            if reason is group:
+                raise
+            raise reason from None
     finally:
         if disk is not None:
             disk.close()  # blocks still queued for the disk tier
@@ -324,6 +359,9 @@ def run_umount(args) -> int:
     state = probe_mountpoint(mountpoint)
     if state.fstype is None and not os.path.ismount(mountpoint):
         raise ConfigError(f"{mountpoint} is not mounted")
+    if state.fstype != IMAGEFS_FSTYPE:
+        raise ConfigError(f"{mountpoint} is a {state.fstype or 'non-imagefs'} mount, not an "
+                          "imagefs one; not unmounting it")
     unmount(mountpoint, lazy=state.dead)
     if state.dead:
         log.info("%s was a dead %s mount; unmounted it", mountpoint, state.fstype)

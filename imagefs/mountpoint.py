@@ -97,14 +97,15 @@ def unmount(path: Path, lazy: bool = False) -> None:
         raise ImagefsError(f"cannot unmount {path}: {reason}")
 
 
-def prepare(path: Path) -> None:
+def prepare(path: Path, nonempty: bool = False) -> None:
     """Make ``path`` ready for a new imagefs mount, or ConfigError saying why not.
 
     - a dead imagefs mount is unmounted lazily, with one warning in the log;
     - a dead FUSE mount of another filesystem is refused, naming
       ``fusermount3 -u PATH``; a live mount is refused, naming
       ``imagefs umount PATH`` if it is imagefs's;
-    - ``path`` must then be a directory.
+    - ``path`` must then exist and be a directory, and be empty unless
+      ``nonempty`` (a mount would hide what is in it).
     """
     state = probe(path)
     if state.dead and state.fstype == IMAGEFS_FSTYPE:
@@ -121,7 +122,19 @@ def prepare(path: Path) -> None:
                           + (f" ({state.fstype})" if state.fstype else ""))
     try:
         is_dir = path.is_dir()
+        exists = is_dir or path.exists()
     except OSError as exc:  # e.g. inside a dead mount
         raise ConfigError(f"mount point {path}: {exc.strerror}") from None
+    if not exists:
+        raise ConfigError(f"mount point {path} does not exist")
     if not is_dir:
         raise ConfigError(f"mount point {path} is not a directory")
+    if not nonempty:
+        try:
+            with os.scandir(path) as entries:
+                occupied = next(entries, None) is not None
+        except OSError as exc:
+            raise ConfigError(f"mount point {path}: {exc.strerror}") from None
+        if occupied:
+            raise ConfigError(f"mount point {path} is not empty (a mount would hide what is "
+                              "in it); give --nonempty to mount over it anyway")

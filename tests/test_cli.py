@@ -76,7 +76,9 @@ def verbs_round_trip(tmp_path, env, extra=(), tag="t"):
     gone = run(["image", "show", image_id, *extra], env, check=False)
     assert gone.returncode == 1
     assert "not found" in gone.stderr.lower() or "deleted" in gone.stderr.lower()
-    assert len(gone.stderr.strip().splitlines()) == 1
+    errors = [line for line in gone.stderr.strip().splitlines()
+              if "using the embedded store" not in line]
+    assert len(errors) == 1
 
 
 def test_every_verb_against_glance(tmp_path, alice_env, tag):
@@ -88,6 +90,44 @@ def test_every_verb_on_the_embedded_store_with_no_glance(tmp_path, tag):
     env = {"XDG_DATA_HOME": str(tmp_path / "xdg")}
     verbs_round_trip(tmp_path, env, tag=tag)
     assert (tmp_path / "xdg" / "imagefs" / "store" / "images").is_dir()
+    listed = run(["image", "list"], env)
+    store = tmp_path / "xdg" / "imagefs" / "store"
+    assert listed.stderr.count(f"using the embedded store in {store}") == 1
+
+
+def test_mount_without_a_service_is_refused_naming_the_options(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    proc = run(["mount", str(tmp_path / "mnt"), "--cache-dir", str(tmp_path / "c")],
+               {"XDG_DATA_HOME": str(tmp_path / "xdg")}, check=False)
+    assert proc.returncode == 2
+    assert "no image service given" in proc.stderr and "--os-cloud" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not os.path.ismount(tmp_path / "mnt")
+
+
+@pytest.mark.parametrize("case,says", [
+    ("missing", "does not exist"), ("file", "is not a directory"), ("full", "is not empty"),
+    ("deadline", "read deadline must be > 0"), ("ttl", "TTLs must be >= 0"),
+])
+def test_mount_refuses_bad_settings_in_one_line(tmp_path, case, says):
+    mnt = tmp_path / "mnt"
+    extra = []
+    if case == "file":
+        mnt.write_text("x")
+    elif case != "missing":
+        mnt.mkdir()
+    if case == "full":
+        (mnt / "something").write_text("x")
+    extra = {"deadline": ["--read-deadline", "0"], "ttl": ["--list-ttl", "-1"]}.get(case, [])
+    proc = run(["mount", str(mnt), "--store", str(tmp_path / "s"), "--cache-dir",
+                str(tmp_path / "c"), *extra], {}, check=False)
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_umount_refuses_what_is_not_an_imagefs_mount(tmp_path):
+    proc = run(["umount", "/proc"], {}, check=False)
+    assert proc.returncode == 2 and "not an imagefs one" in proc.stderr
 
 
 def test_every_verb_with_store_option_after_the_subcommand(tmp_path, tag):
@@ -263,3 +303,16 @@ def test_only_the_token_option_and_its_value_leave_the_command_line():
         (["image", "show", "--", "--os-auth-token", "T"], None)
     assert split_token(["image", "list", "--os-auth-token-file", "F"]) == \
         (["image", "list", "--os-auth-token-file", "F"], None)
+
+
+def test_a_failure_inside_the_mounts_nursery_is_reported_as_its_reason():
+    trio = pytest.importorskip("trio")
+    from imagefs.errors import ConfigError
+    from imagefs.mount import _unwrap
+
+    reason = ConfigError("cannot mount at /m: fuse: device not found")
+    group = BaseExceptionGroup("Exceptions from Trio nursery",
+                               [BaseExceptionGroup("inner", [reason, trio.Cancelled._create()])])
+    assert _unwrap(group) is reason
+    two = BaseExceptionGroup("two", [ConfigError("a"), ConfigError("b")])
+    assert _unwrap(two) is two
