@@ -11,12 +11,13 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from typing import Any, Sequence
 
 from . import __version__
 from .argv_token import hide_token, token_from_argv
-from .errors import ConfigError, ImagefsError
+from .errors import ConfigError, ImagefsError, ImageNotFound
 from .progress import ProgressLine, human
 
 log = logging.getLogger("imagefs")
@@ -227,8 +228,27 @@ def _list(api, ctx, args) -> int:
     return 0
 
 
+_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
+                   r"[0-9a-fA-F]{12}")
+
+
+def _image_id(api, ctx, text: str) -> str:
+    """An image UUID or URI as given; a name, for the one image that has it (as
+    ``openstack image show NAME`` does)."""
+    if _UUID.fullmatch(text) or "://" in text or text.startswith("imagefs-local:"):
+        return text
+    ids = [r["id"] for r in api.get_all(ctx, name=text, status=None, limit=10)]
+    if not ids:
+        raise ImageNotFound(f"no image named {text!r}")
+    if len(ids) > 1:
+        raise ConfigError(f"more than one image is named {text!r}: {', '.join(ids)}; "
+                          "give an id")
+    return ids[0]
+
+
 def _show(api, ctx, args) -> int:
-    print_record(api.get(ctx, args.image, show_deleted=False), args.format)
+    print_record(api.get(ctx, _image_id(api, ctx, args.image), show_deleted=False),
+                 args.format)
     return 0
 
 
@@ -258,7 +278,7 @@ def _delete(api, ctx, args) -> int:
     failed = 0
     for image in args.images:
         try:
-            api.delete(ctx, image)
+            api.delete(ctx, _image_id(api, ctx, image))
         except ImagefsError as exc:
             print(f"imagefs: {exc}", file=sys.stderr)
             failed += 1
@@ -266,7 +286,7 @@ def _delete(api, ctx, args) -> int:
 
 
 def _download(api, ctx, args) -> int:
-    record = api.download(ctx, args.image, dest_path=args.file)
+    record = api.download(ctx, _image_id(api, ctx, args.image), dest_path=args.file)
     log.info("wrote %s (%s) to %s", record["id"], human(record["size"] or 0), args.file)
     return 0
 

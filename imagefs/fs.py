@@ -10,6 +10,7 @@ The namespace::
     /<image id>/            0555
     /<image id>/metadata.json   the image's record, pretty-printed (0444)
     /<image id>/data            the image's bytes, fetched lazily (0444)
+    /by-name/<name>         a symlink to ../<image id> (``imagefs.names``)
 
 Inode numbers are given out once per image and never reused while mounted,
 so the kernel's lookup counts need no bookkeeping here (``forget`` is a
@@ -41,15 +42,17 @@ from .cache.keys import image_version
 from .config import MountConfig
 from .context import RequestContext
 from .errors import ImageNotFound
+from .names import by_name
 from .prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
+BY_NAME_INODE = 2
 _FIRST_IMAGE_INODE = 16
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-METADATA, DATA = "metadata.json", "data"
-_KIND_DIR, _KIND_META, _KIND_DATA = 0, 1, 2
+METADATA, DATA, BY_NAME = "metadata.json", "data", "by-name"
+_KIND_DIR, _KIND_META, _KIND_DATA, _KIND_LINK = 0, 1, 2, 3
 
 
 class FsError(Exception):
@@ -115,6 +118,7 @@ class ImageFS:
         self._next_ino = _FIRST_IMAGE_INODE
         self._listing: list[str] | None = None   # sorted, for readdir
         self._listed: set[str] = set()            # the same, for lookups
+        self._names: dict[str, str] = {}          # by-name: file name -> image id
         self._listed_at = 0.0
         self._listing_lock = trio.Lock()
         self._missing: dict[str, float] = {}     # id -> when it was not found
@@ -162,6 +166,7 @@ class ImageFS:
                 return self._listing
             self._listing = sorted(self._remember(r).id for r in records)
             self._listed = set(self._listing)
+            self._names = by_name(records)
             self._listed_at = trio.current_time()
             return self._listing
 
@@ -194,12 +199,20 @@ class ImageFS:
     def _split(self, ino: int) -> tuple[_Image, int]:
         base = ino - (ino - _FIRST_IMAGE_INODE) % 4
         image = self._by_ino.get(base)
-        if image is None or ino - base > _KIND_DATA:
+        if image is None or ino - base > _KIND_LINK:
             raise FsError(errno.ENOENT, f"no inode {ino}")
         return image, ino - base
 
     async def lookup(self, parent: int, name: str) -> Attr:
+        if parent == BY_NAME_INODE:
+            await self.listing()
+            image_id = self._names.get(name)
+            if image_id is None or image_id not in self._images:
+                raise FsError(errno.ENOENT)
+            return self._attr(self._images[image_id], _KIND_LINK)
         if parent == ROOT_INODE:
+            if name == BY_NAME:
+                return self._by_name_attr()
             if not _UUID.fullmatch(name):
                 raise FsError(errno.ENOENT)
             await self.listing()
@@ -217,14 +230,26 @@ class ImageFS:
             return self._attr(image, _KIND_DATA)
         raise FsError(errno.ENOENT)
 
+    def _by_name_attr(self) -> Attr:
+        return Attr(BY_NAME_INODE, stat.S_IFDIR | self.config.dir_mode, 0, self.mounted_at_ns, 2,
+                    self.config.list_ttl)
+
     async def getattr(self, ino: int) -> Attr:
+        if ino == BY_NAME_INODE:
+            return self._by_name_attr()
         if ino == ROOT_INODE:
             return Attr(ROOT_INODE, stat.S_IFDIR | self.config.dir_mode, 0, self.mounted_at_ns, 2,
                         self.config.list_ttl)
         image, kind = self._split(ino)
-        if kind != _KIND_DATA:  # the data's attributes never change; the record's may
+        if kind not in (_KIND_DATA, _KIND_LINK):  # these never change; the record may
             image = await self._image(image.id)
         return self._attr(image, kind)
+
+    def readlink(self, ino: int) -> str:
+        image, kind = self._split(ino)
+        if kind != _KIND_LINK:
+            raise FsError(errno.EINVAL)
+        return f"../{image.id}"
 
     def _attr(self, image: _Image, kind: int) -> Attr:
         record = image.record
@@ -236,13 +261,19 @@ class ImageFS:
             return Attr(image.ino + 1, stat.S_IFREG | self.config.file_mode,
                         len(metadata_bytes(record)),
                         _ns(record.get("updated_at")), 1, self.config.record_ttl)
+        if kind == _KIND_LINK:
+            return Attr(image.ino + 3, stat.S_IFLNK | 0o777, len(f"../{image.id}"),
+                        _ns(record.get("created_at")), 1, self.config.list_ttl)
         # An active image's bytes never change: the kernel may keep its attributes.
         return Attr(image.ino + 2, stat.S_IFREG | self.config.file_mode, record.get("size") or 0,
                     _ns(record.get("created_at")), 1, 3600.0)
 
     async def opendir(self, ino: int) -> int:
         if ino == ROOT_INODE:
-            snapshot = list(await self.listing())
+            snapshot = [BY_NAME] + list(await self.listing())
+        elif ino == BY_NAME_INODE:
+            await self.listing()
+            snapshot = sorted(self._names)
         else:
             image, kind = self._split(ino)
             if kind != _KIND_DIR:
@@ -260,9 +291,16 @@ class ImageFS:
         out = []
         for i in range(start, len(snapshot)):
             name = snapshot[i]
-            if ino != ROOT_INODE:
+            if ino == BY_NAME_INODE:
+                image = self._images.get(self._names.get(name, ""))
+                if image is None:
+                    continue
+                attr = self._attr(image, _KIND_LINK)
+            elif ino != ROOT_INODE:
                 image, _ = self._split(ino)
                 attr = self._attr(image, _KIND_META if name == METADATA else _KIND_DATA)
+            elif name == BY_NAME:
+                attr = self._by_name_attr()
             else:
                 image = self._images.get(name)
                 if image is None:
@@ -283,9 +321,13 @@ class ImageFS:
         """A file handle and whether the kernel may keep its cached pages."""
         if writable:
             raise FsError(errno.EROFS)
+        if ino in (ROOT_INODE, BY_NAME_INODE):
+            raise FsError(errno.EISDIR)
         image, kind = self._split(ino)
         if kind == _KIND_DIR:
             raise FsError(errno.EISDIR)
+        if kind == _KIND_LINK:
+            raise FsError(errno.ELOOP)
         fh = self._new_fh()
         if kind == _KIND_META:
             image = await self._image(image.id)

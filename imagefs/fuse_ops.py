@@ -107,6 +107,10 @@ class FuseOps(pyfuse3.Operations):
     async def getattr(self, inode, ctx=None):
         return self._entry(await self.fs.getattr(inode))
 
+    @_errno
+    async def readlink(self, inode, ctx):
+        return os.fsencode(self.fs.readlink(inode))
+
     async def forget(self, inode_list):
         pass  # inode numbers are never reused while mounted: nothing to free
 

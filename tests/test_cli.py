@@ -316,3 +316,21 @@ def test_a_failure_inside_the_mounts_nursery_is_reported_as_its_reason():
     assert _unwrap(group) is reason
     two = BaseExceptionGroup("two", [ConfigError("a"), ConfigError("b")])
     assert _unwrap(two) is two
+
+
+def test_show_download_and_delete_take_a_unique_name(tmp_path, tag):
+    store = ("--store", str(tmp_path / "store"))
+    src = tmp_path / "src.img"
+    src.write_bytes(b"by name")
+    ids = [as_json(run(["image", "create", name, "--file", str(src), "--disk-format", "raw",
+                        "--container-format", "bare", "-f", "json", *store], {}))["id"]
+           for name in (f"one-{tag}", f"twice-{tag}", f"twice-{tag}")]
+    assert as_json(run(["image", "show", f"one-{tag}", "-f", "json", *store], {}))["id"] == ids[0]
+    run(["image", "download", f"one-{tag}", "--file", str(tmp_path / "out"), *store], {})
+    assert (tmp_path / "out").read_bytes() == b"by name"
+    ambiguous = run(["image", "show", f"twice-{tag}", *store], {}, check=False)
+    assert ambiguous.returncode == 2 and ids[1] in ambiguous.stderr and ids[2] in ambiguous.stderr
+    missing = run(["image", "show", f"none-{tag}", *store], {}, check=False)
+    assert missing.returncode == 1 and "no image named" in missing.stderr
+    run(["image", "delete", f"one-{tag}", *store], {})
+    assert run(["image", "show", ids[0], *store], {}, check=False).returncode == 1

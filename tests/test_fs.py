@@ -318,3 +318,43 @@ def test_a_slow_fetch_stalls_neither_other_readers_nor_listings(glance_clean, ta
     timings = run_fs(api, ALICE, tmp_path, body)
     assert timings["slow"] >= 2.0
     assert timings["cached read"] < 0.5 and timings["listing"] < 1.0, timings
+
+
+def test_names_are_safe_file_names_and_the_newest_image_has_a_repeated_name():
+    from imagefs.names import by_name, safe_name
+
+    assert safe_name("cirros/0.6") == "cirros%2F0.6"
+    assert safe_name("..") == "%2E%2E" and safe_name(".") == "%2E"
+    assert safe_name("a\0b%") == "a%00b%25"
+    assert safe_name("") is None and safe_name(None) is None
+    long = safe_name("é" * 300)
+    assert len(long.encode()) <= 255 and "~" in long and "/" not in long
+    assert safe_name("é" * 300) != safe_name("é" * 299 + "e")
+    records = [{"id": "a", "name": "x", "created_at": "2026-01-01T00:00:00Z"},
+               {"id": "b", "name": "x", "created_at": "2026-02-01T00:00:00Z"},
+               {"id": "c", "name": "y/z", "created_at": "2026-01-01T00:00:00Z"}]
+    assert by_name(records) == {"x": "b", "y%2Fz": "c"}
+
+
+def test_by_name_links_point_at_the_image_directory(backend, tag, tmp_path):
+    data = random_bytes(1000)
+    older = make_image(backend.api, ALICE, tag, data=b"old", name=f"../{tag}")
+    time.sleep(1.1)  # created_at has whole seconds
+    newer = make_image(backend.api, ALICE, tag, data=data, name=f"../{tag}")
+
+    async def body(fs):
+        from imagefs.fs import BY_NAME, BY_NAME_INODE
+        root = await fs.opendir(ROOT_INODE)
+        assert BY_NAME in [name for name, _, _ in fs.readdir(root, 0)]
+        assert (await fs.lookup(ROOT_INODE, BY_NAME)).ino == BY_NAME_INODE
+        fh = await fs.opendir(BY_NAME_INODE)
+        names = [name for name, _, _ in fs.readdir(fh, 0)]
+        assert f"..%2F{tag}" in names and not any("/" in n for n in names)
+        attr = await fs.lookup(BY_NAME_INODE, f"..%2F{tag}")
+        assert stat.S_ISLNK(attr.mode)
+        assert fs.readlink(attr.ino) == f"../{newer['id']}"
+        with pytest.raises(FsError):
+            await fs.lookup(BY_NAME_INODE, "no such name")
+        return older
+
+    run_fs(backend.api, ALICE, tmp_path, body)

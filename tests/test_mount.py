@@ -339,3 +339,16 @@ def test_embedded_store_mount_and_qemu_img_info(tmp_path):
         assert json.loads(info.stdout)["virtual-size"] == 1 << 30
     finally:
         assert m.unmount() == 0
+
+
+def test_by_name_follows_to_the_newest_image_of_a_name(mount, images, glance_clean, tag):
+    api = images["api"]
+    make_image(api, ALICE, tag, data=b"older bytes", name=f"named-{tag}")
+    time.sleep(1.1)  # created_at has whole seconds
+    newer = make_image(api, ALICE, tag, data=b"newer bytes", name=f"named-{tag}")
+    m = mount()
+    link = m.path / "by-name" / f"named-{tag}"
+    assert os.readlink(link) == f"../{newer['id']}"
+    assert (link / "data").read_bytes() == b"newer bytes"
+    assert f"named-{tag}" in os.listdir(m.path / "by-name")
+    assert "by-name" in os.listdir(m.path)
