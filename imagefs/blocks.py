@@ -110,6 +110,7 @@ class BlockReader:
         self._distrusted: set[str] = set()  # images whose direct bytes failed their hash
         self.stats = {"fetched_blocks": 0, "fetched_bytes": 0, "disk_hits": 0,
                       "memory_hits": 0, "streams": 0, "retries": 0}
+        self.fetched_by_image: dict[str, int] = {}  # bytes fetched from a source, per image
 
     def key(self, image: ImageRef, index: int) -> BlockKey:
         return BlockKey(image.id, image.version, self.block_size, index)
@@ -422,8 +423,7 @@ class BlockReader:
                          exc, delay)
                 await trio.sleep(delay)
                 continue
-            self.stats["fetched_blocks"] += 1
-            self.stats["fetched_bytes"] += len(data)
+            self._count(image, data)
             self.cache.put(key, data)
             self._note_fetched(image, index, source.kind)
             return data
@@ -472,6 +472,11 @@ class BlockReader:
         self.cache.discard_from_memory(image.id)
         await trio.to_thread.run_sync(self.cache.discard_image, self.key(image, 0))
 
+    def _count(self, image: ImageRef, data: bytes) -> None:
+        self.stats["fetched_blocks"] += 1
+        self.stats["fetched_bytes"] += len(data)
+        self.fetched_by_image[image.id] = self.fetched_by_image.get(image.id, 0) + len(data)
+
     def _note_no_ranges(self, image: ImageRef) -> None:
         if image.id not in self._no_ranges:
             log.warning("image %s: its store refuses Range requests; reading it with one "
@@ -513,8 +518,7 @@ class BlockReader:
             stream.position = index + 1
             key = self.key(image, index)
             self.cache.put(key, data)
-            self.stats["fetched_blocks"] += 1
-            self.stats["fetched_bytes"] += len(data)
+            self._count(image, data)
             flight = stream.waiting.get(index) or self._flights.get(key)
             if flight is not None:
                 self._complete(flight, data)

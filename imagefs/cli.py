@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .connect import add_direct_arguments
     add_direct_arguments(p)
 
+    p = top.add_parser("status", parents=[fmt], help="what a running mount is doing")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--cache-dir", metavar="DIR", help="the mount's cache directory, if it "
+                   "cannot be found from MOUNTPOINT")
+    p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(run=run_status)
+
     _add_mount_commands(top, svc)
     return parser
 
@@ -288,6 +296,26 @@ def _delete(api, ctx, args) -> int:
 def _download(api, ctx, args) -> int:
     record = api.download(ctx, _image_id(api, ctx, args.image), dest_path=args.file)
     log.info("wrote %s (%s) to %s", record["id"], human(record["size"] or 0), args.file)
+    return 0
+
+
+def run_status(args) -> int:
+    from pathlib import Path
+
+    from .control import request, socket_for
+
+    path = socket_for(Path(args.mountpoint).absolute(),
+                      Path(args.cache_dir).absolute() if args.cache_dir else None)
+    status = request(path, "status")
+    if args.format == "json":
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    print_table([(k, status[k]) for k in ("service", "uptime_s", "fetched_bytes", "memory_hits",
+                                         "disk_hits", "memory_bytes", "cache_bytes",
+                                         "cache_size")], ("Field", "Value"))
+    print_table([(i["id"], i["name"], i["size"], i["cached_bytes"], i["fetched_bytes"],
+                  i["path"]) for i in status["images"]],
+                ("ID", "Name", "Size", "Cached", "Fetched", "Path"))
     return 0
 
 

@@ -133,6 +133,10 @@ class ImageFS:
     def image_count(self) -> int:
         return len(self._images)
 
+    def known_images(self) -> list[_Image]:
+        """Every image the mount has seen a record of."""
+        return list(self._images.values())
+
     # ---- records ----------------------------------------------------------------
     def _remember(self, record: dict[str, Any]) -> _Image:
         image = self._images.get(record["id"])

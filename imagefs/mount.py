@@ -27,11 +27,13 @@ import logging.handlers
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pyfuse3
 import trio
 
+from . import control
 from .blocks import BlockReader
 from .cache import DiskCache, MemoryCache, TieredCache
 from .cache.directory import claim
@@ -50,6 +52,7 @@ from .mountpoint import probe as probe_mountpoint
 from .mountpoint import unmount
 from .retry import RetryPolicy
 from .sources.choose import DirectOptions, SourceChooser
+from .status import snapshot
 
 log = logging.getLogger(__name__)
 
@@ -204,14 +207,15 @@ def run_mount(args) -> int:
         print(f"imagefs: {what}", file=sys.stderr)
     if args.foreground:
         _write_pid(config.cache_dir)
-        return serve(api, ctx, config, direct, mountpoint, ready=None)
+        return serve(api, ctx, config, direct, mountpoint, None, describe(opts))
     log_file = Path(args.log) if args.log else config.cache_dir / "imagefs.log"
     try:  # fail here, with the reason, rather than in the daemon
         os.close(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
     except OSError as exc:
         raise ConfigError(f"cannot open the log file {log_file}: {exc.strerror}; "
                           "give another with --log") from None
-    return _daemonize(lambda ready: serve(api, ctx, config, direct, mountpoint, ready),
+    return _daemonize(lambda ready: serve(api, ctx, config, direct, mountpoint, ready,
+                                          describe(opts)),
                       config.cache_dir, log_file)
 
 
@@ -268,7 +272,7 @@ def _daemonize(run, cache_dir: Path, log_file: Path) -> int:
 
 
 def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path,
-          ready) -> int:
+          ready, service: str = "") -> int:
     """Mount and serve until unmounted or signalled; 0 after a clean unmount."""
     faulthandler.enable()
     keep_freed_memory(config.block_size, config.memory_cache)
@@ -298,6 +302,13 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
                 pyfuse3.init(FuseOps(fs, config.uid, config.gid), str(mountpoint), options)
             except RuntimeError as exc:
                 raise ConfigError(f"cannot mount at {mountpoint}: {exc}") from exc
+            started = time.monotonic()
+
+            async def handle(request: dict) -> dict:
+                if request.get("op") == "status":
+                    return snapshot(fs, blocks, memory, disk, service, started)
+                return {"error": f"unknown request {request.get('op')!r}"}
+            await nursery.start(control.serve, config.cache_dir, mountpoint, handle)
             try:
                 nursery.start_soon(_when_mounted, mountpoint, config, ready)
                 await pyfuse3.main()

@@ -283,3 +283,37 @@ def test_systemd_hears_ready_once_the_mount_answers_and_stopping_at_unmount(glan
         while not any("STOPPING=1" in msg for msg in messages):
             messages.append(sock.recv(4096).decode())
     print(f"\nnotify socket got: {messages}")
+
+
+def test_status_counts_what_glance_sent_and_says_where_data_came_from(glance_clean, tmp_path):
+    import tempfile
+
+    from imagefs.api import API
+    from imagefs.drivers.glance import GlanceDriver
+
+    api = API(GlanceDriver(glance_clean.url))
+    data = random_bytes(6 * 2**20 + 5)
+    image_id = make_image(api, ALICE, "status", data=data, name="status-image")["id"]
+    short = Path(tempfile.mkdtemp(prefix="ifs-"))  # a unix socket's path is short
+    m = Mount(tmp_path / "mnt", short / "cache",
+              {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance_clean.url})
+    try:
+        before = json.loads(imagefs("status", str(m.path), "-f", "json").stdout)
+        assert before["fetched_bytes"] == 0 and before["images"] == []
+        assert "Glance at" in before["service"]
+        glance_clean.reset()
+        assert (m.image(image_id) / "data").read_bytes() == data
+        after = json.loads(imagefs("status", str(m.path), "-f", "json").stdout)
+        sent = glance_clean.stats()["data_bytes"]
+        print(f"\nstatus: fetched {after['fetched_bytes']} bytes; Glance sent {sent}")
+        assert abs(after["fetched_bytes"] - sent) <= sent / 100
+        image = next(i for i in after["images"] if i["id"] == image_id)
+        assert image["fetched_bytes"] == len(data) and image["path"] == "glance-ranged"
+        assert image["name"] == "status-image" and image["size"] == len(data)
+        table = imagefs("status", str(m.path))
+        assert table.returncode == 0 and image_id in table.stdout
+        assert oct((short / "cache" / "control.sock").stat().st_mode & 0o777) == "0o600"
+    finally:
+        assert m.unmount() == 0, m.output()
+    gone = imagefs("status", str(m.path))
+    assert gone.returncode == 2 and len(gone.stderr.strip().splitlines()) == 1

@@ -371,6 +371,18 @@ class DiskCache:
         with contextlib.suppress(OSError):
             _write_at(path, bytes(_ENTRY), GROUP_BLOCKS * block_size + slot * _ENTRY)
 
+    def image_bytes(self) -> dict[str, int]:
+        """Bytes held, by image directory (``image_dir(key)``)."""
+        held: dict[str, int] = {}
+        with self._lock:
+            for (image_dir, _), group in self._groups.items():
+                held[image_dir] = held.get(image_dir, 0) + group.bytes
+        return held
+
+    @staticmethod
+    def image_dir(key: BlockKey) -> str:
+        return _image_dir(key)
+
     def discard_image(self, key: BlockKey) -> int:
         """Remove every block of ``key``'s image version (any index) from the index
         and the disk; returns the bytes freed.  Blocks still queued by
