@@ -338,6 +338,10 @@ class GlanceServer:
         return self._post("/_test/tokens", {"add": add or {}, "revoke": list(revoke)})
 
 
+def _exit(*_):
+    raise SystemExit(0)
+
+
 def _serve(port: int):
     from cheroot import wsgi
 
@@ -345,7 +349,9 @@ def _serve(port: int):
 
     server = wsgi.Server(("127.0.0.1", port), IdentityWrapper(application),
                          numthreads=16, request_queue_size=64)
-    signal.signal(signal.SIGTERM, lambda *a: server.stop())
+    # SIGTERM unwinds the serve loop, and then the server stops.  (server.stop()
+    # in the handler would wait forever for the loop the handler interrupted.)
+    signal.signal(signal.SIGTERM, _exit)
     try:
         server.start()
     finally:
