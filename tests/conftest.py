@@ -10,6 +10,11 @@ for them, so a run without such tests pays nothing for them.  Without the
 Ceph programs or the rados/rbd bindings those tests skip, unless
 ``IMAGEFS_REQUIRE_CEPH`` is set (as ``scripts/test`` does, after
 ``scripts/setup`` installed them): then they fail.
+
+``keystone`` and ``glance_ks`` are a real Keystone and a second Glance that
+validates tokens with it (keystonemiddleware), in its catalog as the
+``image`` service.  Like every session fixture they start on first use only,
+so tests that do not ask for them do not wait for them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ceph_cluster import CephCluster, missing_binaries  # noqa: E402
 from glance_server import ADMIN_PROJECT, PROJECT_A, PROJECT_B, GlanceServer  # noqa: E402
+from keystone_server import KeystoneServer  # noqa: E402
 
 from imagefs.api import API  # noqa: E402
 from imagefs.context import RequestContext  # noqa: E402
@@ -47,6 +53,29 @@ FAST_RETRY = RetryPolicy(attempts=3, base_delay=0.05, max_delay=0.2, deadline=5.
 def glance(tmp_path_factory):
     server = GlanceServer(tmp_path_factory.mktemp("glance"))
     server.start()
+    yield server
+    server.stop()
+
+
+def glance_behind(keystone: KeystoneServer, workdir: Path) -> GlanceServer:
+    """A Glance started behind ``keystone``, its ``image`` service in the catalog."""
+    server = GlanceServer(workdir, keystone=keystone).start()
+    keystone.register_endpoint("image", "glance", server.url)
+    return server
+
+
+@pytest.fixture(scope="session")
+def keystone(tmp_path_factory):
+    """A real Keystone whose tokens live an hour."""
+    server = KeystoneServer(tmp_path_factory.mktemp("keystone")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def glance_ks(keystone, tmp_path_factory):
+    """A Glance behind keystonemiddleware with ``keystone``, in its catalog."""
+    server = glance_behind(keystone, tmp_path_factory.mktemp("glance-ks"))
     yield server
     server.stop()
 

@@ -36,6 +36,13 @@ Glance's API):
   then on answer 401.  ``/_test/reset`` restores ``TOKENS``.
 
 ``stats`` also counts the requests answered 401 (``unauthorized``).
+
+``GlanceServer(dir, keystone=server)`` is a Glance behind keystonemiddleware
+instead: the ``glance-api-keystone`` pipeline of ``KEYSTONE_PASTE_INI``
+(``flavor = keystone``) validates every token with that ``KeystoneServer``
+(see ``KeystoneServer.authtoken_config``).  The wrapper still counts and
+injects faults, but maps no token: ``/_test/tokens`` has no effect, and
+``unauthorized`` counts the 401 answers of keystonemiddleware.
 """
 
 from __future__ import annotations
@@ -83,6 +90,15 @@ paste.filter_factory = glance.api.middleware.version_negotiation:VersionNegotiat
 
 [filter:context]
 paste.filter_factory = glance.api.middleware.context:ContextMiddleware.factory
+"""
+
+#: Appended to ``PASTE_INI`` for a Glance behind keystonemiddleware.
+KEYSTONE_PASTE_INI = """
+[pipeline:glance-api-keystone]
+pipeline = versionnegotiation authtoken context rootapp
+
+[filter:authtoken]
+paste.filter_factory = keystonemiddleware.auth_token:filter_factory
 """
 
 API_CONF = """\
@@ -140,10 +156,15 @@ _IDENTITY_HEADERS = ("HTTP_X_IDENTITY_STATUS", "HTTP_X_USER_ID", "HTTP_X_PROJECT
 
 
 class IdentityWrapper:
-    """WSGI middleware: token -> identity headers, byte counting, faults."""
+    """WSGI middleware: token -> identity headers, byte counting, faults.
 
-    def __init__(self, app):
+    With ``maps_tokens`` false, tokens pass through untouched to the app
+    (keystonemiddleware), and its 401 answers are counted.
+    """
+
+    def __init__(self, app, maps_tokens: bool = True):
         self.app = app
+        self.maps_tokens = maps_tokens
         self.lock = threading.Lock()
         self.reset()
 
@@ -173,6 +194,14 @@ class IdentityWrapper:
         # The shape keystonemiddleware and Glance use for errors.
         return self._simple(start_response, f"{code} {title}",
                             {"error": {"code": code, "title": title, "message": message}})
+
+    def _counting_refusals(self, start_response):
+        def start(status, headers, exc_info=None):
+            if status.startswith("401"):
+                with self.lock:
+                    self.stats["unauthorized"] += 1
+            return start_response(status, headers, exc_info)
+        return start
 
     def _control(self, environ, start_response):
         path = environ["PATH_INFO"]
@@ -226,9 +255,11 @@ class IdentityWrapper:
             return self._error(start_response, 400, "Bad Request",
                                "Range requests are not supported by this store")
 
+        if not self.maps_tokens:  # keystonemiddleware, behind this wrapper, decides
+            start_response = self._counting_refusals(start_response)
         for key in _IDENTITY_HEADERS:
             environ.pop(key, None)
-        token = environ.pop("HTTP_X_AUTH_TOKEN", None)
+        token = environ.pop("HTTP_X_AUTH_TOKEN", None) if self.maps_tokens else None
         if token is not None:
             with self.lock:
                 identity = self.tokens.get(token)
@@ -292,11 +323,14 @@ class GlanceServer:
     """A Glance API subprocess on 127.0.0.1; use as a context manager.
 
     With ``rbd`` (a started ``CephCluster``) its store is that cluster's pool
-    ``images``, which must outlive the server; otherwise a directory.
+    ``images``, which must outlive the server; otherwise a directory.  With
+    ``keystone`` (a ``KeystoneServer``, started), Glance validates tokens with
+    it through keystonemiddleware, as a service user made for it there.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, *, rbd=None):
+    def __init__(self, workdir: Path, port: int | None = None, keystone=None, *, rbd=None):
         self.dir = Path(workdir)
+        self.keystone = keystone
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.rbd = rbd
@@ -315,8 +349,14 @@ class GlanceServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         for sub in ("images", "staging", "tasks"):
             (self.dir / sub).mkdir(exist_ok=True)
-        (self.dir / "glance-api-paste.ini").write_text(PASTE_INI)
-        (self.dir / "glance-api.conf").write_text(self._api_conf())
+        paste, conf = PASTE_INI, self._api_conf()
+        if self.keystone is not None:
+            paste += KEYSTONE_PASTE_INI
+            # oslo.config merges this second [paste_deploy] into the first.
+            conf += "\n[paste_deploy]\nflavor = keystone\n\n" + \
+                self.keystone.authtoken_config(f"glance-{self.port}")
+        (self.dir / "glance-api-paste.ini").write_text(paste)
+        (self.dir / "glance-api.conf").write_text(conf)
         (self.dir / "glance-manage.conf").write_text(
             f"[DEFAULT]\nlog_file = {self.dir}/glance-manage.log\n"
             f"[database]\nconnection = sqlite:///{self.dir}/glance.sqlite\n")
@@ -330,7 +370,8 @@ class GlanceServer:
         env = dict(os.environ, OS_GLANCE_CONFIG_DIR=str(self.dir))
         log = open(self.dir / "server.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--port", str(self.port)],
+            [sys.executable, __file__, "--port", str(self.port),
+             *(["--keystone"] if self.keystone is not None else [])],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -380,14 +421,20 @@ class GlanceServer:
         return self._post("/_test/tokens", {"add": add or {}, "revoke": list(revoke)})
 
 
-def _serve(port: int):
+def _exit(*_):
+    raise SystemExit(0)
+
+
+def _serve(port: int, keystone: bool = False):
     from cheroot import wsgi
 
     from glance.wsgi.api import application
 
-    server = wsgi.Server(("127.0.0.1", port), IdentityWrapper(application),
-                         numthreads=16, request_queue_size=64)
-    signal.signal(signal.SIGTERM, lambda *a: server.stop())
+    app = IdentityWrapper(application, maps_tokens=not keystone)
+    server = wsgi.Server(("127.0.0.1", port), app, numthreads=16, request_queue_size=64)
+    # SIGTERM unwinds the serve loop, and then the server stops.  (server.stop()
+    # in the handler would wait forever for the loop the handler interrupted.)
+    signal.signal(signal.SIGTERM, _exit)
     try:
         server.start()
     finally:
@@ -399,4 +446,6 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
-    _serve(parser.parse_args().port)
+    parser.add_argument("--keystone", action="store_true")
+    args = parser.parse_args()
+    _serve(args.port, args.keystone)
