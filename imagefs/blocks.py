@@ -47,10 +47,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 
 import trio
 
+from . import metrics
 from .cache import BlockKey, TieredCache
 from .errors import BackendUnavailable, ImagefsError, RangesRefused
 from .retry import Backoff, RetryPolicy
@@ -408,8 +410,11 @@ class BlockReader:
         while True:
             try:
                 timeout = max(0.1, flight.deadline - trio.current_time())
+                began = time.monotonic()
                 data = await trio.to_thread.run_sync(work, timeout, limiter=self.fetch_limiter,
                                                      abandon_on_cancel=True)
+                if metrics.FETCH_SECONDS is not None:
+                    metrics.FETCH_SECONDS.observe(time.monotonic() - began)
             except RangesRefused:
                 self._note_no_ranges(image)
                 self._wait_for_stream_from_start(image, index, flight)
@@ -471,6 +476,9 @@ class BlockReader:
             source.close()
         self.cache.discard_from_memory(image.id)
         await trio.to_thread.run_sync(self.cache.discard_image, self.key(image, 0))
+
+    def streams_open(self) -> int:
+        return sum(len(streams) for streams in self._streams.values())
 
     def _count(self, image: ImageRef, data: bytes) -> None:
         self.stats["fetched_blocks"] += 1

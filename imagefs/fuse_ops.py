@@ -25,6 +25,7 @@ import os
 
 import pyfuse3
 
+from . import metrics
 from .errors import ImagefsError, ImageNoData, ImageNotAuthorized, ImageNotFound
 from .fs import Attr, FsError, ImageFS
 
@@ -54,12 +55,14 @@ def _errno(fn):
             raise
         except (FsError, ImagefsError) as exc:
             code = errno_for(exc, reading)
+            metrics.ERRORS[errno.errorcode.get(code, str(code))] += 1
             if code == errno.EIO:
                 log.warning("%s%r: %s → EIO", fn.__name__, args[:3], exc)
             else:
                 log.debug("%s%r: %s → %s", fn.__name__, args[:3], exc, errno.errorcode[code])
             raise pyfuse3.FUSEError(code) from None
         except Exception:
+            metrics.ERRORS["EIO"] += 1
             log.exception("%s%r failed unexpectedly; answering EIO", fn.__name__, args[:3])
             raise pyfuse3.FUSEError(errno.EIO) from None
     return handler

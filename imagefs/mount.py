@@ -33,7 +33,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import control
+from . import control, metrics
 from .blocks import BlockReader
 from .cache import DiskCache, MemoryCache, TieredCache
 from .cache.directory import claim
@@ -87,6 +87,8 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
                    help="permissions of the files (default 0444); the kernel enforces them")
     p.add_argument("--dir-mode", default="0555", metavar="MODE",
                    help="permissions of the directories (default 0555)")
+    p.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics at http://ADDR:PORT/metrics (default off)")
     p.add_argument("--log", metavar="FILE",
                    help="log file when in the background (default <cache dir>/imagefs.log)")
     add_direct_arguments(p)
@@ -193,6 +195,8 @@ def run_mount(args) -> int:
     mountpoint = Path(args.mountpoint).absolute()
     prepare_mountpoint(mountpoint, args.nonempty)  # clears a mount left dead by a killed daemon
     config = config_from_args(args)
+    if args.metrics:
+        metrics.parse_address(args.metrics)  # a bad address is a usage error, before anything
     opts = service_options(args)
     if not is_explicit(opts):  # a forgotten openrc must not look like an empty cloud
         raise ConfigError(NO_SERVICE)
@@ -207,7 +211,7 @@ def run_mount(args) -> int:
         print(f"imagefs: {what}", file=sys.stderr)
     if args.foreground:
         _write_pid(config.cache_dir)
-        return serve(api, ctx, config, direct, mountpoint, None, describe(opts))
+        return serve(api, ctx, config, direct, mountpoint, None, describe(opts), args.metrics)
     log_file = Path(args.log) if args.log else config.cache_dir / "imagefs.log"
     try:  # fail here, with the reason, rather than in the daemon
         os.close(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
@@ -215,7 +219,7 @@ def run_mount(args) -> int:
         raise ConfigError(f"cannot open the log file {log_file}: {exc.strerror}; "
                           "give another with --log") from None
     return _daemonize(lambda ready: serve(api, ctx, config, direct, mountpoint, ready,
-                                          describe(opts)),
+                                          describe(opts), args.metrics),
                       config.cache_dir, log_file)
 
 
@@ -272,7 +276,7 @@ def _daemonize(run, cache_dir: Path, log_file: Path) -> int:
 
 
 def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path,
-          ready, service: str = "") -> int:
+          ready, service: str = "", metrics_address: str | None = None) -> int:
     """Mount and serve until unmounted or signalled; 0 after a clean unmount."""
     faulthandler.enable()
     keep_freed_memory(config.block_size, config.memory_cache)
@@ -295,6 +299,8 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
                                  read_deadline=config.read_deadline, retry=config.retry,
                                  nursery=nursery)
             fs = ImageFS(api, ctx, config, blocks)
+            if metrics_address:
+                metrics.serve(metrics_address, blocks, memory, disk)
             # Signals are caught before the mount exists: a SIGTERM as soon as the
             # mount appears must unmount it, not kill the daemon.
             await nursery.start(_watch_signals)

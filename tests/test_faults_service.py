@@ -317,3 +317,47 @@ def test_status_counts_what_glance_sent_and_says_where_data_came_from(glance_cle
         assert m.unmount() == 0, m.output()
     gone = imagefs("status", str(m.path))
     assert gone.returncode == 2 and len(gone.stderr.strip().splitlines()) == 1
+
+
+def test_metrics_are_scraped_with_the_bytes_glance_sent(glance_clean, tmp_path):
+    import urllib.request
+
+    from glance_server import free_port
+
+    from imagefs.api import API
+    from imagefs.drivers.glance import GlanceDriver
+
+    api = API(GlanceDriver(glance_clean.url))
+    data = random_bytes(3 * 2**20 + 11)
+    image_id = make_image(api, ALICE, "metrics", data=data)["id"]
+    port = free_port()
+    m = Mount(tmp_path / "mnt", tmp_path / "cache",
+              {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance_clean.url},
+              "--metrics", f"127.0.0.1:{port}")
+    try:
+        glance_clean.reset()
+        assert (m.image(image_id) / "data").read_bytes() == data
+        with pytest.raises(FileNotFoundError):
+            (m.image(image_id) / "nothing").read_bytes()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    finally:
+        assert m.unmount() == 0, m.output()
+    values = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    print(f"\nscraped: imagefs_fetched_bytes_total {values['imagefs_fetched_bytes_total']:.0f}, "
+          f"Glance sent {glance_clean.stats()['data_bytes']}")
+    assert values["imagefs_fetched_bytes_total"] == glance_clean.stats()["data_bytes"] == len(data)
+    assert values['imagefs_cache_hits_total{tier="memory"}'] >= 0
+    assert values['imagefs_errors_total{errno="ENOENT"}'] >= 1
+    assert values["imagefs_fetch_seconds_count"] >= 1
+    assert "imagefs_cache_bytes" in text.decode() and "imagefs_streams_open" in text.decode()
+
+
+def test_a_bad_metrics_address_is_a_usage_error(tmp_path):
+    (tmp_path / "mnt").mkdir()
+    proc = imagefs("mount", str(tmp_path / "mnt"), "--store", str(tmp_path / "s"),
+                   "--metrics", "nowhere")
+    assert proc.returncode == 2 and "ADDR:PORT" in proc.stderr
