@@ -30,7 +30,9 @@ Glance's API):
   times), ``fail_count`` (answer ``fail_status``, default 503, to that many
   requests), ``down`` (answer 503 to everything until cleared), ``delay``
   (seconds before each data response: a stall, which ends early when the
-  faults are changed or reset);
+  faults are changed or reset), ``rate`` (bytes per second: one link that
+  all data responses share, as a host's share of a network; it applies to
+  responses already under way too);
 - ``POST /_test/tokens`` with a JSON object: ``add`` maps new tokens to an
   existing token whose identity they share, ``revoke`` lists tokens that from
   then on answer 401.  ``/_test/reset`` restores ``TOKENS``.
@@ -174,6 +176,7 @@ class IdentityWrapper:
                           "requests": 0, "list_requests": 0, "get_requests": 0,
                           "unauthorized": 0}
             self._set_faults({})
+            self.link_free_at = 0.0  # when the ``rate`` link has sent what it was given
             self.tokens = dict(TOKENS)
 
     def _set_faults(self, faults):
@@ -282,9 +285,27 @@ class IdentityWrapper:
             return start_response(code, headers, *exc_info)
         return self._count(self.app(environ, recording), faults, status)
 
+    def _pace(self, n: int):
+        """Sleep until ``n`` more bytes have crossed the ``rate`` link (none set: return).
+
+        A token bucket: each chunk, of whichever response, leaves after the
+        ones before it, at ``rate``; an idle link saves up ``_BURST`` bytes of
+        credit at most (without any, the time Glance takes to make the next
+        chunk would be lost to the link).
+        """
+        with self.lock:
+            rate = self.faults.get("rate")
+            if not rate:
+                return
+            now = time.monotonic()
+            self.link_free_at = max(self.link_free_at, now - _BURST / rate) + n / rate
+            wait = self.link_free_at - now
+        if wait > 0:
+            time.sleep(wait)
+
     def _count(self, body, faults, status):
-        """Pass ``body`` on, counting it as data only if it is image data (2xx):
-        an error's body is not."""
+        """Pass ``body`` on at the link's ``rate``, counting it as data only if it is
+        image data (2xx): an error's body is not."""
         drop_after = None
         if faults.get("drop_after") is not None and faults.get("drop_count", 1) > 0:
             drop_after = faults["drop_after"]
@@ -292,10 +313,11 @@ class IdentityWrapper:
                 self.faults["drop_count"] = faults.get("drop_count", 1) - 1
         sent = 0
         try:
-            for chunk in body:
+            for chunk in _pieces(body):
                 if not status or not status[0].startswith("2"):
                     yield chunk
                     continue
+                self._pace(len(chunk))
                 if drop_after is not None and sent + len(chunk) > drop_after:
                     chunk = chunk[: drop_after - sent]
                     with self.lock:
@@ -311,6 +333,17 @@ class IdentityWrapper:
         finally:
             if hasattr(body, "close"):
                 body.close()
+
+
+_PIECE = 64 << 10  # bytes: the longest chunk ``rate`` lets go at once
+_BURST = 4 * _PIECE
+
+
+def _pieces(body, size: int = _PIECE):
+    """The chunks of ``body``, none longer than ``size`` (so that a ``rate`` is smooth)."""
+    for chunk in body:
+        for start in range(0, len(chunk), size):
+            yield chunk[start:start + size] if len(chunk) > size else chunk
 
 
 def free_port() -> int:
