@@ -247,7 +247,7 @@ def _image_id(api, ctx, text: str) -> str:
         return text
     ids = [r["id"] for r in api.get_all(ctx, name=text, status=None, limit=10)]
     if not ids:
-        raise ImageNotFound(f"no image named {text!r}")
+        raise ImageNotFound(f"no image named {text!r} (nor is it an image UUID or URI)")
     if len(ids) > 1:
         raise ConfigError(f"more than one image is named {text!r}: {', '.join(ids)}; "
                           "give an id")

@@ -15,6 +15,7 @@ without locks; the client is blocking, for the command line.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -55,16 +56,17 @@ async def serve(cache_dir: Path, mountpoint: Path,
     import trio
 
     path = cache_dir / SOCKET_NAME
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError):  # absent, or a read-only cache: bind says which
         path.unlink()  # left by a mount that died
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
         await sock.bind(str(path))
-    except OSError as exc:  # a read-only cache, a path too long for AF_UNIX ...
+    except OSError as exc:  # a read-only cache (warned of already), a path too long ...
         sock.close()
-        log.warning("no control socket at %s (%s): imagefs status cannot reach this mount",
-                    path, exc.strerror or exc)
+        log.log(logging.INFO if exc.errno == errno.EROFS else logging.WARNING,
+                "no control socket at %s (%s): imagefs status cannot reach this mount",
+                path, exc.strerror or exc)
         if task_status is not None:
             task_status.started()
         await trio.sleep_forever()

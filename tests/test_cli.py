@@ -190,7 +190,7 @@ def test_unreachable_glance_is_one_clear_line():
       "--property", "novalue"], 2, "KEY=VALUE"),
     (["image", "create", "x", "--disk-format", "raw", "--container-format", "bare",
       "--file", "/nonexistent/file"], 2, "cannot read /nonexistent/file"),
-    (["image", "show", "not-a-uuid"], 1, "neither an image UUID"),
+    (["image", "show", "not-a-uuid"], 1, "no image named 'not-a-uuid' (nor is it an image UUID"),
     (["image", "list", "--os-auth-token", "t"], 2, "cannot be combined"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, args, code, words):
