@@ -19,7 +19,8 @@ libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = Mallinfo2
 if sys.argv[1] == "keep":
     assert keep_freed_memory(1 << 20, 256 << 20)
-blocks = [bytes(1 << 20) for _ in range(64)]   # 64 blocks of 1 MiB
+size = int(sys.argv[2]) if len(sys.argv) > 2 else 1 << 20
+blocks = [bytes(size) for _ in range((64 << 20) // size)]   # 64 MiB of blocks
 held = libc.mallinfo2()
 del blocks                                      # evicted
 freed = libc.mallinfo2()
@@ -28,8 +29,8 @@ print(held.hblkhd, freed.arena)
 """
 
 
-def _probe(mode: str) -> tuple[int, int]:
-    out = subprocess.run([sys.executable, "-c", _PROBE, mode], check=True,
+def _probe(mode: str, size: int = 1 << 20) -> tuple[int, int]:
+    out = subprocess.run([sys.executable, "-c", _PROBE, mode, str(size)], check=True,
                          capture_output=True, text=True).stdout
     mapped, kept = map(int, out.split())
     return mapped, kept
@@ -42,5 +43,14 @@ def test_freed_blocks_stay_for_reuse():
     assert mapped >= 32 << 20 or kept < 16 << 20
     # ... with the daemon's settings the 64 MiB stay in the heap for the next blocks.
     mapped, kept = _probe("keep")
+    assert mapped < 8 << 20
+    assert kept >= 64 << 20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_a_4_mib_read_buffer_comes_from_the_heap():
+    # An RBD stream's 4 MiB reads (and librados' receive buffers) are just over
+    # 4 MiB with their headers: they must not get an mmap of fresh pages each.
+    mapped, kept = _probe("keep", 4 << 20)
     assert mapped < 8 << 20
     assert kept >= 64 << 20
