@@ -263,3 +263,34 @@ def test_image_download_reads_rbd_directly_and_verifies(images, ceph, glance_rbd
     assert out.read_bytes() == images["raw_bytes"]
     assert glance_rbd_clean.stats()["data_bytes"] == 0
     assert osd_read_bytes(ceph) - before >= len(images["raw_bytes"])
+
+
+def test_a_stream_reads_only_its_range_and_a_closed_one_waits_for_its_reads(images, ceph):
+    from imagefs.sources import rbd as rbd_source
+
+    cluster = rbd_source.RbdCluster(CephOptions(str(ceph.conf_path), "imagefs",
+                                                str(ceph.keyring("imagefs"))))
+    source_bytes = images["raw_bytes"]
+    try:
+        source = cluster.open(rbd_source.RbdLocation(ceph.fsid, "images", images["raw"], "snap"),
+                              len(source_bytes))
+        start, end = 3 * MiB + 5, 20 * MiB - 7
+        before = osd_read_bytes(ceph)
+        pieces = list(source.stream(start, end))
+        assert b"".join(pieces) == source_bytes[start:end]
+        assert [len(p) for p in pieces[:2]] == [MiB - 5, MiB]  # aligned to the piece size
+        slack = 64 << 10  # the image's header and metadata, read now and then
+        assert end - start <= osd_read_bytes(ceph) - before <= end - start + slack
+        assert b"".join(source.stream(len(source_bytes) - 100)) == source_bytes[-100:]
+        # Closed after its first piece: the reads in flight end with it, inside the range.
+        before = osd_read_bytes(ceph)
+        chunks = source.stream(0, 6 * MiB)
+        assert next(chunks) == source_bytes[:MiB]
+        chunks.close()
+        read = osd_read_bytes(ceph) - before
+        time.sleep(0.5)
+        assert MiB <= read <= 6 * MiB + slack
+        assert osd_read_bytes(ceph) - before <= read + slack  # no read outlived the stream
+        source.close()
+    finally:
+        cluster.close()

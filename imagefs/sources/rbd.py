@@ -5,6 +5,14 @@ Glance keeps an image in RBD as ``rbd://FSID/POOL/IMAGE/SNAP`` (its
 with a Ceph client key reads the snapshot itself: ranged reads are
 ``Image.read`` calls, which librbd serves from the OSDs in parallel.
 
+A stream (``RbdSource.stream``) keeps ``STREAM_DEPTH`` reads of
+``STREAM_PIECE`` bytes in flight (``Image.aio_read``) and yields them in
+order: one synchronous read at a time leaves the OSD, the messenger and the
+copy into the buffer each waiting for the others.  Every read lies inside
+the range asked for, and a stream that is closed waits for the reads it
+started, so an abandoned stream costs at most what was asked for and no
+read outlives it (nor the image it reads).
+
 ``RbdCluster`` is one connection to a cluster (librados is thread safe), with
 an I/O context per pool.  ``RbdCluster.open(location)`` gives an
 ``RbdSource`` for one snapshot, opened read-only, or raises ``Unusable``
@@ -21,6 +29,7 @@ imagefs runs, and this path is off.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import logging
@@ -40,8 +49,10 @@ except ImportError:  # pragma: no cover - depends on the host
 
 log = logging.getLogger(__name__)
 
-#: Bytes per Image.read in a stream: RBD's default object size.
-STREAM_CHUNK = 4 << 20
+#: Bytes per read in a stream: the default block size, so that each read is a block.
+STREAM_PIECE = 1 << 20
+#: Reads a stream keeps in flight.
+STREAM_DEPTH = 8
 #: Seconds to wait for the monitors when connecting.
 CONNECT_TIMEOUT = 10
 
@@ -238,12 +249,36 @@ class RbdSource:
 
     def stream(self, offset: int, end: int | None = None,
                timeout: float | None = None) -> Iterator[bytes]:
+        """Pieces of ``STREAM_PIECE`` bytes (aligned to it), ``STREAM_DEPTH`` of them
+        read at once."""
         end = self.size if end is None else min(end, self.size)
-        while offset < end:
-            step = min(STREAM_CHUNK - offset % STREAM_CHUNK, end - offset)
-            data = self.read(offset, step, timeout)
-            offset += len(data)
-            yield data
+        if offset >= end:
+            return
+        image = None
+        pending: collections.deque[_Read] = collections.deque()
+        failure: BaseException | None = None
+        ahead = offset
+        try:
+            image = self._open()
+            while offset < end:
+                while ahead < end and len(pending) < STREAM_DEPTH:
+                    length = min(STREAM_PIECE - ahead % STREAM_PIECE, end - ahead)
+                    pending.append(_Read(image, ahead, length))
+                    ahead += length
+                read = pending.popleft()
+                data = read.result()
+                if len(data) != read.length:
+                    raise BackendUnavailable(f"rbd {self.location}: read at {read.offset} "
+                                             f"gave {len(data)} of {read.length} bytes")
+                offset += len(data)
+                yield data
+        except (rbd.Error, rados.Error) as exc:
+            failure = exc
+        finally:
+            for read in pending:  # before the image may be closed, and its buffers freed
+                read.wait()
+        if failure is not None:
+            raise self._failed(image, failure, f"read at {offset}") from failure
 
     def close(self) -> None:
         with self._lock:
@@ -253,3 +288,28 @@ class RbdSource:
                 image.close()
             except rbd.Error:
                 pass
+
+
+class _Read:
+    """One ``Image.aio_read`` in flight."""
+
+    def __init__(self, image, offset: int, length: int):
+        self.offset, self.length = offset, length
+        self._data: list[bytes | None] = []
+        # The callback runs in a librbd thread; it only keeps the bytes.
+        self._completion = image.aio_read(offset, length,
+                                          lambda _, data: self._data.append(data))
+
+    def wait(self) -> None:
+        try:
+            self._completion.wait_for_complete_and_cb()
+        except Exception:  # the callback cannot fail; nothing to report on a close
+            pass
+
+    def result(self) -> bytes:
+        """The bytes read; ``rbd.Error`` if the read failed."""
+        self._completion.wait_for_complete_and_cb()
+        code = self._completion.get_return_value()
+        if code < 0 or not self._data or self._data[0] is None:
+            raise rbd.OSError(f"read at {self.offset}+{self.length} failed", errno=-code)
+        return self._data[0]
