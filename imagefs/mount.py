@@ -22,6 +22,7 @@ import contextlib
 import errno
 import faulthandler
 import fcntl
+import functools
 import logging
 import logging.handlers
 import os
@@ -317,6 +318,9 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
             await nursery.start(control.serve, config.cache_dir, mountpoint, handle)
             try:
                 nursery.start_soon(_when_mounted, mountpoint, config, ready)
+                # The cluster's connection, made now, is not a first read's to wait for.
+                nursery.start_soon(functools.partial(trio.to_thread.run_sync, chooser.connect,
+                                                     abandon_on_cancel=True))
                 await pyfuse3.main()
             except BaseException:
                 pyfuse3.close(unmount=False)

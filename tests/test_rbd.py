@@ -99,6 +99,18 @@ def test_qemu_img_info_of_a_sparse_qcow2_reads_the_osd_and_nothing_from_glance(
     assert f"image {images['qcow2']}: data from rbd" in m.output()
 
 
+def test_the_mount_connects_to_ceph_before_the_first_read(mounted, images, ceph):
+    m = mounted(*ceph_args(ceph))
+    deadline = time.monotonic() + 10
+    while "connected to Ceph cluster" not in m.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert f"connected to Ceph cluster {ceph.fsid} as client.imagefs" in m.output()
+    start = time.monotonic()
+    with open(m.image(images["raw"]) / "data", "rb") as f:
+        assert f.read(100) == images["raw_bytes"][:100]
+    print(f"\nfirst read of a fresh mount, connected already: {time.monotonic() - start:.3f} s")
+
+
 def test_random_preads_cp_and_qemu_img_compare_are_byte_exact_from_rbd(
         mounted, images, ceph, glance_rbd_clean, tmp_path):
     m = mounted(*ceph_args(ceph))

@@ -135,6 +135,12 @@ class SourceChooser:
             parts.append("file:// locations read directly")
         return "; ".join(parts)
 
+    def connect(self) -> None:
+        """Connect to the Ceph cluster ahead of the first read (blocking), when
+        ``rbd`` locations may be read directly."""
+        if self._cluster is not None and available() and self.options.ceph.conf:
+            self._cluster.connect()
+
     def open(self, image_id: str, size: int, direct: bool = True) -> Source:
         """The source for an image (blocking: it may ask the service and Ceph);
         with ``direct`` False, the service's."""

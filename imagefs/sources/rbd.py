@@ -159,6 +159,16 @@ class RbdCluster:
                 raise Unusable(f"cannot open pool {pool!r}: {exc}") from exc
         return ioctx
 
+    def connect(self) -> None:
+        """Connect now rather than at the first open (30 ms of a first read here).
+        A failure is kept, as at an open: each image's first open then gives
+        the reason and reads through the image service."""
+        with self._lock:
+            try:
+                self._connect()
+            except Unusable:
+                pass
+
     def open(self, location: RbdLocation, size: int) -> "RbdSource":
         """A source for ``location``, checked: same cluster, readable, ``size`` bytes."""
         with self._lock:
