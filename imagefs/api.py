@@ -369,19 +369,34 @@ class API:
         return ServiceSource(driver, context, image_id)
 
     def _resuming(self, context, driver, image_id, offset) -> Iterator[bytes]:
+        def open_at(start: int) -> Iterator[bytes]:
+            try:
+                return driver.open_stream(context, image_id, start)
+            except RangesRefused:  # the store cannot seek: from the start, skipped
+                return skip_bytes(driver.open_stream(context, image_id, 0), start)
+        return self._resume(open_at, image_id, offset)
+
+    def _resuming_source(self, source: Source, image_id: str) -> Iterator[bytes]:
+        """A direct source's bytes from the start, resumed after failures within
+        the policy (a source gives way to the service on its own when it must)."""
+        try:
+            yield from self._resume(source.stream, image_id, 0)
+        finally:
+            source.close()
+
+    def _resume(self, open_at: Callable[[int], Iterator[bytes]], image_id: str,
+                offset: int) -> Iterator[bytes]:
+        """The bytes ``open_at(offset)`` streams, opened again where they stopped
+        after a ``BackendUnavailable`` (at the open or mid-body), within the policy."""
         backoff = Backoff(self.retry)
         while True:
             try:
-                try:
-                    stream = driver.open_stream(context, image_id, offset)
-                except RangesRefused:  # the store cannot seek: from the start, skipped
-                    stream = skip_bytes(driver.open_stream(context, image_id, 0), offset)
-                with closing(stream) as stream:
+                with closing(open_at(offset)) as stream:
                     for chunk in stream:
                         offset += len(chunk)
                         yield chunk
                 return
-            except BackendUnavailable as exc:  # at the open or mid-body: resume from here
+            except BackendUnavailable as exc:
                 delay = backoff.next_delay()
                 if delay is None:
                     log.warning("image %s: giving up at byte %d after %d tries: %s", image_id,
@@ -390,28 +405,6 @@ class API:
                 log.warning("image %s: %s; resuming at byte %d in %.2fs", image_id, exc,
                             offset, delay)
                 time.sleep(delay)
-
-    def _resuming_source(self, source: Source, image_id: str) -> Iterator[bytes]:
-        """A direct source's bytes from the start, resumed after failures within
-        the policy (a source gives way to the service on its own when it must)."""
-        offset, backoff = 0, Backoff(self.retry)
-        try:
-            while True:
-                try:
-                    with closing(source.stream(offset)) as stream:
-                        for chunk in stream:
-                            offset += len(chunk)
-                            yield chunk
-                    return
-                except BackendUnavailable as exc:
-                    delay = backoff.next_delay()
-                    if delay is None:
-                        raise
-                    log.warning("image %s: %s; resuming at byte %d in %.2fs", image_id, exc,
-                                offset, delay)
-                    time.sleep(delay)
-        finally:
-            source.close()
 
     # ---- helpers ------------------------------------------------------------
     def _transfer(self, context, driver, record, write) -> None:
