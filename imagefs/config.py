@@ -95,7 +95,7 @@ class MountConfig:
     list_ttl: float = 30.0              # seconds a listing of images is trusted
     record_ttl: float = 30.0            # seconds an image's record is trusted
     fetch_threads: int = 8              # ranged GETs (random reads) in flight at once
-    max_readahead: int = 64 * MiB       # the prefetch window's ceiling
+    max_readahead: int = 64 * MiB       # the prefetch window's ceiling (0: no prefetch)
     read_ahead_kb: int = 4096           # the kernel's per-mount readahead (0: leave as is)
     allow_other: bool = False
     uid: int | None = None              # owner shown for every file (None: the mount's user)
@@ -123,6 +123,8 @@ class MountConfig:
         if self.file_mode & 0o222 or self.dir_mode & 0o222:
             raise ConfigError("the mount is read-only: --file-mode and --dir-mode take no "
                               "write bits")
+        if self.max_readahead < 0:
+            raise ConfigError("--readahead must be >= 0 (0 turns it off)")
         if not self.read_deadline > 0:
             raise ConfigError("the read deadline must be > 0 seconds")
         if self.list_ttl < 0 or self.record_ttl < 0:

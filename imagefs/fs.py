@@ -339,7 +339,8 @@ class ImageFS:
             return fh, False
         # A window over half the memory tier would evict blocks before they are read.
         window = min(self.config.max_readahead, self.config.memory_cache // 2)
-        self._handles[fh] = _Handle(image.ref, Prefetcher(self.config.block_size, window))
+        prefetcher = Prefetcher(self.config.block_size, window) if window else None
+        self._handles[fh] = _Handle(image.ref, prefetcher)
         return fh, True
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -348,9 +349,10 @@ class ImageFS:
             raise FsError(errno.EBADF)
         if handle.content is not None:
             return handle.content[offset:offset + size]
-        start, end = handle.prefetcher.on_read(offset, size)
-        if end > start:
-            self.blocks.prefetch(handle.image, start, end)
+        if handle.prefetcher is not None:
+            start, end = handle.prefetcher.on_read(offset, size)
+            if end > start:
+                self.blocks.prefetch(handle.image, start, end)
         data = await self.blocks.read(handle.image, offset, size)
         self.reads["requests"] += 1
         self.reads["bytes"] += len(data)

@@ -73,6 +73,12 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
                    help="memory cache bound (default 256M)")
     p.add_argument("--block-size", default="1M", metavar="SIZE",
                    help="cache block size (default 1M)")
+    p.add_argument("--readahead", default="64M", metavar="SIZE",
+                   help="how far the mount fetches ahead of a sequential reader "
+                        "(default 64M; 0 turns it off)")
+    p.add_argument("--kernel-readahead", default="4M", metavar="SIZE",
+                   help="the kernel's readahead on the mount (default 4M; 0 leaves the "
+                        "kernel's own)")
     p.add_argument("--fetch-threads", type=int, default=8, metavar="N",
                    help="ranged reads (random access) in flight at once (default 8)")
     p.add_argument("--list-ttl", type=float, default=30.0, metavar="SECONDS",
@@ -107,6 +113,8 @@ def config_from_args(args) -> MountConfig:
                   cache_min_free=parse_free_space(args.cache_min_free),
                   memory_cache=parse_size(args.memory_cache),
                   block_size=parse_size(args.block_size), fetch_threads=args.fetch_threads,
+                  max_readahead=parse_size(args.readahead),
+                  read_ahead_kb=parse_size(args.kernel_readahead) // 1024,
                   list_ttl=args.list_ttl, record_ttl=args.record_ttl,
                   read_deadline=args.read_deadline, allow_other=args.allow_other,
                   uid=parse_user(args.uid) if args.uid else None,
