@@ -542,3 +542,34 @@ def test_a_failed_recency_touch_is_not_a_miss(tmp_path, monkeypatch, caplog, err
         assert key(3) not in disk and len(warnings(caplog)) == 1
     else:
         assert key(3) in disk and warnings(caplog) == []
+
+
+def test_queued_blocks_that_continue_each_other_are_written_together_and_read_back(
+        tmp_path, monkeypatch):
+    """Two images interleaved, runs across a group boundary, a short last block: each
+    block reads back as stored, and consecutive slots of one group take one write."""
+    writes = []
+    real = disk_module._write_at
+    monkeypatch.setattr(disk_module, "_write_at",
+                        lambda path, data, offset, flags=0: (
+                            writes.append((path.name, len(data), flags)),
+                            real(path, data, offset, flags))[1])
+    cache = DiskCache(tmp_path / "c", 1 << 30, writers=1)
+    blocks = {}
+    for i in range(GROUP_BLOCKS + 3):
+        blocks[key(i)] = os.urandom(64 * 1024)
+    blocks[key(GROUP_BLOCKS + 3)] = os.urandom(1000)  # the image's short last block
+    blocks[key(5, image="other")] = os.urandom(64 * 1024)
+    with cache._queued:  # queue everything before the writer may take any of it
+        for k, data in blocks.items():
+            cache._queue.append((k, data))
+            cache._queued_bytes += len(data)
+    cache.store_later(key(7, image="other"), b"y" * 10)  # starts the writer
+    cache.flush()
+    assert all(cache.load(k) == data for k, data in blocks.items())
+    data_writes = [w for w in writes if w[2] & os.O_CREAT]
+    # img: group 0 (16 blocks) and group 1 (3 + the short one); other: 5 and 7 apart
+    assert len(data_writes) == 4, data_writes
+    cache.close()
+    reopened = DiskCache(tmp_path / "c", 1 << 30)
+    assert reopened.load(key(GROUP_BLOCKS + 3)) == blocks[key(GROUP_BLOCKS + 3)]
