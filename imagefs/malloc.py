@@ -1,6 +1,6 @@
 """The daemon keeps the memory it frees, for the next block.
 
-Every block read passes through a fresh buffer of block size (1 MiB): a
+Every block read passes through a fresh buffer of block size: a
 chunk off the network, a slot read from the disk tier.  With glibc's
 defaults such a buffer gets an ``mmap`` of its own until the first one is
 freed; after that they come from the heap, but whatever lies free at the top

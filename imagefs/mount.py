@@ -71,13 +71,13 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
                    help="free space the disk cache leaves on its filesystem (default 5%%)")
     p.add_argument("--memory-cache", default="256M", metavar="SIZE",
                    help="memory cache bound (default 256M)")
-    p.add_argument("--block-size", default="1M", metavar="SIZE",
-                   help="cache block size (default 1M)")
+    p.add_argument("--block-size", default="256K", metavar="SIZE",
+                   help="cache block size (default 256K)")
     p.add_argument("--readahead", default="64M", metavar="SIZE",
                    help="how far the mount fetches ahead of a sequential reader "
                         "(default 64M; 0 turns it off)")
-    p.add_argument("--kernel-readahead", default="4M", metavar="SIZE",
-                   help="the kernel's readahead on the mount (default 4M; 0 leaves the "
+    p.add_argument("--kernel-readahead", default="512K", metavar="SIZE",
+                   help="the kernel's readahead on the mount (default 512K; 0 leaves the "
                         "kernel's own)")
     p.add_argument("--fetch-threads", type=int, default=8, metavar="N",
                    help="ranged reads (random access) in flight at once (default 8)")

