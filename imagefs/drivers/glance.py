@@ -47,8 +47,8 @@ from keystoneauth1 import token_endpoint
 
 from ..context import RequestContext
 from ..errors import (BackendUnavailable, ConfigError, ImageBadRequest, ImageConflict,
-                      ImageError, ImageNoData, ImageNotAuthorized, ImageNotFound,
-                      ImageQuotaExceeded, RangesRefused)
+                      ImagefsError, ImageError, ImageNoData, ImageNotAuthorized, ImageNotFound,
+                      ImageProtected, ImageQuotaExceeded, RangesRefused)
 from ..records import make_record
 
 log = logging.getLogger(__name__)
@@ -330,9 +330,35 @@ class GlanceDriver:
                                                 **fields, **props))
         return make_record(raw)
 
+    def change_tags(self, ctx, image_id, add, remove) -> None:
+        tags = self._clients(ctx)[2].image_tags
+        with _translate(f"tagging image {image_id}"):
+            for tag in add:
+                tags.update(image_id, tag)
+        for tag in remove:
+            try:
+                with _translate(f"untagging image {image_id}"):
+                    tags.delete(image_id, tag)
+            except ImageNotFound:  # the tag (or the image: the get below says which)
+                self.get(ctx, image_id, False)
+
     def delete(self, ctx, image_id) -> None:
-        with _translate(f"deleting image {image_id}"):
-            self._images(ctx).delete(image_id)
+        try:
+            with _translate(f"deleting image {image_id}"):
+                self._images(ctx).delete(image_id)
+        except ImageNotAuthorized as exc:
+            # Glance answers a protected image's delete 403, as it does a delete
+            # of another project's image: the record tells them apart.
+            if exc.status == 403 and self._is_protected(ctx, image_id):
+                raise ImageProtected(f"image {image_id} is protected and cannot be "
+                                     "deleted") from exc
+            raise
+
+    def _is_protected(self, ctx, image_id) -> bool:
+        try:
+            return self.get(ctx, image_id, False)["protected"]
+        except ImagefsError:
+            return False
 
     # ---- data -------------------------------------------------------------
     def _get_file(self, ctx, image_id: str, range_header: str | None,
