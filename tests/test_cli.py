@@ -334,3 +334,29 @@ def test_show_download_and_delete_take_a_unique_name(tmp_path, tag):
     assert missing.returncode == 1 and "no image named" in missing.stderr
     run(["image", "delete", f"one-{tag}", *store], {})
     assert run(["image", "show", ids[0], *store], {}, check=False).returncode == 1
+
+
+def test_an_image_url_without_a_scheme_suggests_http(glance_clean):
+    proc = run(["image", "list", "--os-image-url", "localhost:9292"],
+               {"OS_AUTH_TOKEN": "alice-token"}, check=False)
+    assert proc.returncode == 2
+    assert "has no scheme" in proc.stderr and "http://localhost:9292" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert glance_clean.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("path, status", [("/wrong", "300"), ("/_test/nothing", "404")])
+def test_an_endpoint_without_the_image_api_says_so(glance_clean, tag, path, status):
+    # Glance's version negotiation answers 300 to a wrong path; other servers 404.
+    url = glance_clean.url + path
+    for args in (["image", "list"], ["image", "show", "00000000-0000-4000-8000-000000000000"]):
+        proc = run([*args, "--os-image-url", url], {"OS_AUTH_TOKEN": "alice-token"},
+                   check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert f"no image API at {url}" in proc.stderr and status in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    # an image that is not there is still "not found", not a wrong URL
+    missing = run(["image", "show", "00000000-0000-4000-8000-000000000000"],
+                  {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance_clean.url},
+                  check=False)
+    assert missing.returncode == 1 and "no image API" not in missing.stderr
