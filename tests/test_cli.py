@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import random_bytes
@@ -360,3 +361,123 @@ def test_an_endpoint_without_the_image_api_says_so(glance_clean, tag, path, stat
                   {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance_clean.url},
                   check=False)
     assert missing.returncode == 1 and "no image API" not in missing.stderr
+
+
+# ---- records, output formats and columns ---------------------------------------------
+def test_show_gives_the_locations_glance_shows_and_nothing_else_does(tmp_path, glance_locations,
+                                                                     tag):
+    env = {"OS_AUTH_TOKEN": "admin-token", "OS_IMAGE_URL": glance_locations.url}
+    src = tmp_path / "src"
+    src.write_bytes(b"where am I")
+    created = as_json(run(["image", "create", f"loc-{tag}", "--file", str(src), "--disk-format",
+                           "raw", "--container-format", "bare", "--property",
+                           f"test_tag={tag}", "-f", "json"], env))
+    assert "locations" not in created and "direct_url" not in created
+    shown = as_json(run(["image", "show", created["id"], "-f", "json"], env))
+    assert shown["direct_url"].startswith("file://")
+    assert [loc["url"] for loc in shown["locations"]] == [shown["direct_url"]]
+    assert (shown["virtual_size"], shown["stores"], shown["tags"], shown["os_hidden"]) == \
+        (10, ["fs"], [], False)
+    assert "file://" in run(["image", "show", created["id"]], env).stdout
+    listed = run(["image", "list", "--property", f"test_tag={tag}", "-f", "json"], env).stdout
+    assert created["id"] in listed and "file://" not in listed
+    updated = run(["image", "update", created["id"], "--tag", "x", "-f", "json"], env).stdout
+    assert "file://" not in updated
+
+
+def create_args(name, src, *extra):
+    return ["image", "create", name, "--file", str(src), "--disk-format", "raw",
+            "--container-format", "bare", *extra]
+
+
+def test_formats_and_columns_as_openstack_prints_them(tmp_path, tag):
+    import yaml
+
+    store = ("--store", str(tmp_path / "store"))
+    src = tmp_path / "src"
+    src.write_bytes(b"formats")
+    image_id = run(create_args(f"f-{tag}", src, "--tag", "web", "-f", "value", "-c", "id",
+                               *store), {}).stdout.strip()
+    assert len(image_id) == 36
+    shown = as_json(run(["image", "show", image_id, "-f", "json", *store], {}))
+    assert yaml.safe_load(run(["image", "show", image_id, "-f", "yaml", *store], {}).stdout) \
+        == shown
+    assert run(["image", "show", image_id, "-f", "value", "-c", "name", "-c", "size",
+                *store], {}).stdout == f"f-{tag}\n7\n"
+    assert as_json(run(["image", "update", image_id, "--name", "g", "-f", "json", "-c",
+                        "name", "-c", "tags", *store], {})) == {"name": "g", "tags": ["web"]}
+    assert run(["image", "list", "-f", "value", "-c", "ID", "-c", "Name", "-c", "Tags",
+                *store], {}).stdout == f"{image_id} g web\n"
+    assert yaml.safe_load(run(["image", "list", "-f", "yaml", "-c", "id", "-c", "Disk Format",
+                               *store], {}).stdout) == [{"id": image_id, "disk_format": "raw"}]
+    table = run(["image", "list", "-c", "Name", "-c", "Size", *store], {}).stdout
+    assert "| Name | Size |" in table and image_id not in table
+
+
+@pytest.mark.parametrize("action", ["list", "show", "create", "update"])
+def test_an_unknown_column_is_one_line_and_exit_2_before_any_request(tmp_path, glance_clean,
+                                                                     alice_env, action):
+    src = tmp_path / "src"
+    src.write_bytes(b"never")
+    args = {"list": ["image", "list"], "show": ["image", "show", "x"],
+            "create": create_args("never", src), "update": ["image", "update", "x"]}[action]
+    proc = run([*args, "-c", "ID", "-c", "Nmae"], alice_env, check=False)
+    assert proc.returncode == 2
+    assert "unknown column 'Nmae'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert glance_clean.stats()["requests"] == 0  # and so no image was made
+
+
+def test_list_long_tags_and_hidden(tmp_path, glance_clean, alice_env, tag):
+    from conftest import ALICE
+
+    from imagefs.api import API
+    from imagefs.drivers.glance import GlanceDriver
+
+    api = API(GlanceDriver(glance_clean.url))
+    info = {"disk_format": "raw", "container_format": "bare", "properties": {"test_tag": tag}}
+    both = api.create(ALICE, {**info, "name": "both", "tags": ["x", "y"]}, data=b"1")["id"]
+    time.sleep(1.1)  # created_at shows whole seconds: the merge of --hidden sorts by it
+    one = api.create(ALICE, {**info, "name": "one", "tags": ["x"]}, data=b"2")["id"]
+    time.sleep(1.1)
+    hidden = api.create(ALICE, {**info, "name": "hid", "tags": ["x"], "os_hidden": True},
+                        data=b"3")["id"]
+    mine = ("--property", f"test_tag={tag}")
+
+    def ids(*args):
+        return [r["id"] for r in as_json(run(["image", "list", *mine, "-f", "json", *args],
+                                             alice_env))]
+    assert ids() == [one, both]
+    assert ids("--tag", "x", "--tag", "y") == [both]
+    assert ids("--hidden") == [hidden, one, both]
+    assert ids("--hidden", "--tag", "x", "--limit", "2") == [hidden, one]
+    long = run(["image", "list", *mine, "--long"], alice_env).stdout.splitlines()
+    assert [h.strip() for h in long[1].strip("|").split("|")] == [
+        "ID", "Name", "Disk Format", "Container Format", "Size", "Checksum", "Status",
+        "Visibility", "Protected", "Project", "Tags"]
+    assert any(both in line and "x, y" in line and "False" in line for line in long)
+
+
+@pytest.mark.parametrize("where", ["glance", "store"])
+def test_tags_and_protection_and_a_protected_image_is_not_deleted(tmp_path, request, where,
+                                                                  tag):
+    if where == "glance":
+        glance = request.getfixturevalue("glance_clean")
+        env, extra = {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance.url}, ()
+    else:
+        env, extra = {}, ("--store", str(tmp_path / "store"))
+    src = tmp_path / "src"
+    src.write_bytes(b"keep me")
+    created = as_json(run(create_args(f"p-{tag}", src, "--tag", "a", "--tag", "b",
+                                      "--protected", "-f", "json", *extra), env))
+    assert created["tags"] == ["a", "b"] and created["protected"] is True
+    refused = run(["image", "delete", created["id"], *extra], env, check=False)
+    assert refused.returncode == 1
+    assert "is protected" in refused.stderr and "--unprotected" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert as_json(run(["image", "show", created["id"], "-f", "json", *extra], env))[
+        "status"] == "active"
+    updated = as_json(run(["image", "update", created["id"], "--tag", "c", "--remove-tag", "a",
+                           "--unprotected", "-f", "json", *extra], env))
+    assert updated["tags"] == ["b", "c"] and updated["protected"] is False
+    run(["image", "delete", created["id"], *extra], env)
