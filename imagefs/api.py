@@ -26,7 +26,11 @@ whatever the arguments:
   the retry policy, rather than starting again or failing;
 - with ``dest_path``, the file appears only complete and verified: bytes go to
   a temporary file beside it, which is fsync'ed and renamed into place; on any
-  failure the temporary file is removed and ``dest_path`` is untouched;
+  failure the temporary file is removed and ``dest_path`` is untouched.  The
+  temporary file is 0600 while it fills (others must not read a half-checked
+  image); the file that appears has the mode a new file would, 0666 less the
+  umask.  A ``dest_path`` whose directory is missing, or that is a directory,
+  is ``ConfigError`` before anything is asked of the service;
 - with ``data``, bytes are written to it as they arrive; on failure what was
   written stays there (the caller owns the file) and the error is raised;
 - it returns the image's record, the one the bytes were verified against;
@@ -52,7 +56,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from .context import RequestContext
 from .drivers.base import Driver
-from .errors import (BackendUnavailable, ImageBadRequest, ImageChecksumMismatch, ImageConflict,
+from .errors import (BackendUnavailable, ConfigError, ImageBadRequest, ImageChecksumMismatch, ImageConflict,
                      ImagefsError, ImageNoData, ImageNotFound, RangesRefused)
 from .records import DELETED_STATES, SORTABLE, split_info
 from .retry import Backoff, RetryPolicy, call_with_retries
@@ -85,6 +89,34 @@ def _chunks(data: Any) -> Iterator[bytes]:
             if not isinstance(chunk, (bytes, bytearray, memoryview)):
                 raise ImageBadRequest(f"image data must be bytes, not {type(chunk).__name__}")
             yield bytes(chunk)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask sets it, and
+    another thread's new file could be made under the stand-in)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _temporary_beside(dest_path: str, directory: str) -> tuple[int, str]:
+    """A 0600 temporary file in ``directory``; ConfigError if ``dest_path``
+    cannot be written there."""
+    if os.path.isdir(dest_path):
+        raise ConfigError(f"{dest_path} is a directory: give the file to write")
+    if not os.path.isdir(directory):
+        raise ConfigError(f"cannot write {dest_path}: directory {directory} does not exist")
+    try:
+        return tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(dest_path)}.")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {dest_path}: {exc.strerror}") from exc
 
 
 class _Verifier:
@@ -317,20 +349,19 @@ class API:
             raise ImageBadRequest("download needs exactly one of data (a file object) "
                                   "and dest_path")
         driver, image_id = self.resolve(id_or_uri)
-        record = self._retrying(lambda: driver.get(context, image_id, False),
-                                f"get image {image_id}")
-        if record["status"] != "active":
-            raise ImageNoData(f"image {image_id} is {record['status']} and has no data")
         if data is not None:
+            record = self._active(context, driver, image_id)
             self._transfer(context, driver, record, data.write)
             return record
         dest_path = os.fspath(dest_path)
         directory = os.path.dirname(os.path.abspath(dest_path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(dest_path)}.")
+        fd, tmp = _temporary_beside(dest_path, directory)
         try:
             with os.fdopen(fd, "wb") as f:
+                record = self._active(context, driver, image_id)
                 self._transfer(context, driver, record, f.write)
                 f.flush()
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
                 os.fsync(f.fileno())
             os.replace(tmp, dest_path)
         except BaseException:
@@ -344,6 +375,13 @@ class API:
             os.fsync(dirfd)
         finally:
             os.close(dirfd)
+        return record
+
+    def _active(self, context, driver, image_id) -> dict[str, Any]:
+        record = self._retrying(lambda: driver.get(context, image_id, False),
+                                f"get image {image_id}")
+        if record["status"] != "active":
+            raise ImageNoData(f"image {image_id} is {record['status']} and has no data")
         return record
 
     # ---- ranged reads --------------------------------------------------------

@@ -1,7 +1,7 @@
 """The ``imagefs`` command: ``imagefs image …``, ``imagefs mount``, ``imagefs umount``.
 
 Errors print one line on stderr and exit non-zero: 1 for a failed request,
-2 for bad usage or settings, 130 when interrupted.  ``--debug`` adds
+2 for bad usage or settings, 130 when interrupted, 143 at SIGTERM.  ``--debug`` adds
 tracebacks.
 """
 
@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from typing import Any, Sequence
 
@@ -24,7 +25,17 @@ from .progress import ProgressLine, human
 
 log = logging.getLogger("imagefs")
 
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the main thread is, so that what is under way
+    cleans up as it does for Ctrl-C (a download removes its temporary file).
+    A BaseException, so that no ``except Exception`` on the way swallows it."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 # ---- option groups shared by the subcommands ---------------------------------
@@ -160,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", parents=[svc], help="download an image, verified")
     p.add_argument("image", metavar="ID")
     p.add_argument("--file", metavar="PATH", required=True,
-                   help="write to PATH (it appears only complete and verified)")
+                   help="write to PATH (it appears only complete and verified, with the "
+                        "umask's mode); '-' for stdout")
     from .connect import add_direct_arguments
     add_direct_arguments(p)
 
@@ -333,8 +345,21 @@ def _delete(api, ctx, args) -> int:
 
 
 def _download(api, ctx, args) -> int:
-    record = api.download(ctx, _image_id(api, ctx, args.image), dest_path=args.file)
-    log.info("wrote %s (%s) to %s", record["id"], human(record["size"] or 0), args.file)
+    """To ``--file``, or with ``--file -`` to stdout, as the bytes arrive (the
+    check against the image's hash comes at the end: a failure then is exit 1
+    with the bytes already written)."""
+    image_id = _image_id(api, ctx, args.image)
+    if args.file == "-":
+        if sys.stdout.isatty():
+            raise ConfigError("--file - writes the image to stdout, which is a terminal: "
+                              "redirect it")
+        sys.stdout.flush()
+        record = api.download(ctx, image_id, data=sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    else:
+        record = api.download(ctx, image_id, dest_path=args.file)
+    log.info("wrote %s (%s) to %s", record["id"], human(record["size"] or 0),
+             "stdout" if args.file == "-" else args.file)
     return 0
 
 
@@ -385,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.os_auth_token = moved
     try:
         if args.command == "image":
+            signal.signal(signal.SIGTERM, _terminate)
             return run_image(args)
         return args.run(args)
     except ConfigError as exc:
@@ -396,6 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imagefs: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print("imagefs: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import stat
 import subprocess
 import sys
 import time
@@ -481,3 +483,81 @@ def test_tags_and_protection_and_a_protected_image_is_not_deleted(tmp_path, requ
                            "--unprotected", "-f", "json", *extra], env))
     assert updated["tags"] == ["b", "c"] and updated["protected"] is False
     run(["image", "delete", created["id"], *extra], env)
+
+
+# ---- download ----------------------------------------------------------------------------
+@pytest.fixture
+def alice_image(tmp_path, glance_clean, alice_env, tag):
+    """(id, bytes) of a 2 MB image of alice's, with the counters zeroed after it."""
+    data = random_bytes(2_000_000)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    image_id = run(create_args(f"dl-{tag}", src, "-f", "value", "-c", "id"),
+                   alice_env).stdout.strip()
+    glance_clean.reset()
+    return image_id, data
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_a_download_has_the_mode_the_umask_gives(tmp_path, alice_env, alice_image, umask, mode):
+    image_id, data = alice_image
+    out = tmp_path / "out.img"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    proc = subprocess.run([sys.executable, "-m", "imagefs", "image", "download", image_id,
+                           "--file", str(out)], env={**base, **alice_env}, umask=umask,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == data
+    assert stat.S_IMODE(out.stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("case, says", [("missing", "does not exist"),
+                                        ("directory", "is a directory")])
+def test_a_bad_download_path_is_one_line_before_any_byte(tmp_path, glance_clean, alice_env,
+                                                         alice_image, case, says):
+    image_id, _ = alice_image
+    target = tmp_path / "nowhere" / "out.img" if case == "missing" else tmp_path
+    proc = run(["image", "download", image_id, "--file", str(target)], alice_env, check=False)
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert glance_clean.stats()["data_bytes"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_download_to_stdout(alice_env, alice_image):
+    image_id, data = alice_image
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    proc = subprocess.run([sys.executable, "-m", "imagefs", "image", "download", image_id,
+                           "--file", "-"], env={**base, **alice_env}, capture_output=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == data and proc.stderr == b""
+
+
+def test_sigterm_during_a_download_removes_the_temporary_file(tmp_path, glance_clean,
+                                                              alice_env, alice_image):
+    image_id, _ = alice_image
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    glance_clean.faults(rate=200_000)  # 2 MB: ten seconds
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    proc = subprocess.Popen([sys.executable, "-m", "imagefs", "image", "download", image_id,
+                             "--file", str(out_dir / "img")], env={**base, **alice_env},
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            temps = list(out_dir.iterdir())
+            if temps and temps[0].stat().st_size > 0:
+                break
+            time.sleep(0.05)
+        assert len(temps) == 1 and temps[0].name.startswith(".img.")
+        assert stat.S_IMODE(temps[0].stat().st_mode) == 0o600  # not for others while unchecked
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=20)[1]
+    finally:
+        proc.kill()
+        glance_clean.faults()
+    assert proc.returncode == 143
+    assert stderr.strip() == "imagefs: terminated"
+    assert list(out_dir.iterdir()) == []
