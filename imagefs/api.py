@@ -26,7 +26,11 @@ whatever the arguments:
   the retry policy, rather than starting again or failing;
 - with ``dest_path``, the file appears only complete and verified: bytes go to
   a temporary file beside it, which is fsync'ed and renamed into place; on any
-  failure the temporary file is removed and ``dest_path`` is untouched;
+  failure the temporary file is removed and ``dest_path`` is untouched.  The
+  temporary file is 0600 while it fills (others must not read a half-checked
+  image); the file that appears has the mode a new file would, 0666 less the
+  umask.  A ``dest_path`` whose directory is missing, or that is a directory,
+  is ``ConfigError`` before anything is asked of the service;
 - with ``data``, bytes are written to it as they arrive; on failure what was
   written stays there (the caller owns the file) and the error is raised;
 - it returns the image's record, the one the bytes were verified against;
@@ -48,13 +52,13 @@ import os
 import re
 import tempfile
 import time
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from .context import RequestContext
 from .drivers.base import Driver
-from .errors import (BackendUnavailable, ImageBadRequest, ImageChecksumMismatch, ImageConflict,
+from .errors import (BackendUnavailable, ConfigError, ImageBadRequest, ImageChecksumMismatch, ImageConflict,
                      ImagefsError, ImageNoData, ImageNotFound, RangesRefused)
-from .records import DELETED_STATES, FIELDS, split_info
+from .records import DELETED_STATES, SORTABLE, split_info
 from .retry import Backoff, RetryPolicy, call_with_retries
 from .sources import Source, closing, skip_bytes
 from .sources.service import ServiceSource
@@ -85,6 +89,34 @@ def _chunks(data: Any) -> Iterator[bytes]:
             if not isinstance(chunk, (bytes, bytearray, memoryview)):
                 raise ImageBadRequest(f"image data must be bytes, not {type(chunk).__name__}")
             yield bytes(chunk)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask sets it, and
+    another thread's new file could be made under the stand-in)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _temporary_beside(dest_path: str, directory: str) -> tuple[int, str]:
+    """A 0600 temporary file in ``directory``; ConfigError if ``dest_path``
+    cannot be written there."""
+    if os.path.isdir(dest_path):
+        raise ConfigError(f"{dest_path} is a directory: give the file to write")
+    if not os.path.isdir(directory):
+        raise ConfigError(f"cannot write {dest_path}: directory {directory} does not exist")
+    try:
+        return tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(dest_path)}.")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {dest_path}: {exc.strerror}") from exc
 
 
 class _Verifier:
@@ -180,7 +212,10 @@ class API:
 
         Keyword arguments: ``filters`` (a dict), or filters given directly
         (``name``, ``status``, ``visibility``, ``disk_format``,
-        ``container_format``, ``owner`` and any custom property); ``marker``
+        ``container_format``, ``owner``, ``protected``, any custom property,
+        and ``tag``: a list of tags, images having all of them; and
+        ``os_hidden``: as Glance, hidden images are listed only with
+        ``os_hidden=True``, and then only they); ``marker``
         (start after this image id), ``limit`` (at most this many),
         ``sort_key`` (default ``created_at``), ``sort_dir`` (``asc`` or
         ``desc``, default ``desc``), ``page_size`` (images a request).
@@ -201,14 +236,20 @@ class API:
         if sort_dir not in ("asc", "desc"):
             raise ImageBadRequest(f"sort_dir must be 'asc' or 'desc', not {sort_dir!r}")
         sort_key = paging.get("sort_key", "created_at")
-        if sort_key not in FIELDS:
+        if sort_key not in SORTABLE:
             raise ImageBadRequest(f"cannot sort by {sort_key!r}")
         limit = paging.get("limit")
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise ImageBadRequest(f"limit must be a whole number >= 0, not {limit!r}")
         page_size = paging.get("page_size") or self.page_size
-        return self._list(context, {k: str(v) for k, v in filters.items()}, paging.get("marker"),
-                          limit, sort_key, sort_dir, page_size)
+        tags = filters.pop("tag", None)
+        tags = [tags] if isinstance(tags, str) else list(tags or ())
+        filters = {k: str(v).lower() if isinstance(v, bool) else str(v)
+                   for k, v in filters.items()}
+        if tags:
+            filters["tag"] = tags
+        return self._list(context, filters, paging.get("marker"), limit, sort_key, sort_dir,
+                          page_size)
 
     def _list(self, context, filters, marker, limit, sort_key, sort_dir, page_size):
         if limit == 0:
@@ -257,16 +298,22 @@ class API:
         return self.get(context, record["id"])
 
     def update(self, context: RequestContext, id_or_uri: str, image_info: dict[str, Any],
-               data: Any = None, purge_props: bool = False) -> dict[str, Any]:
+               data: Any = None, purge_props: bool = False, *, add_tags: Iterable[str] = (),
+               remove_tags: Iterable[str] = ()) -> dict[str, Any]:
         """Change an image's fields and custom properties and return the new record.
 
         Properties in ``image_info`` are set; with ``purge_props=True`` every
-        other custom property is removed.  ``data`` uploads bits to an image
-        that has none (``queued``); for any other image it is
+        other custom property is removed.  ``tags`` in ``image_info`` replaces
+        the image's tags; ``add_tags`` and ``remove_tags`` change them one by
+        one (Glance's tag calls), so two callers tagging at once both win.
+        Removing a tag the image lacks is no error.  ``data`` uploads bits to
+        an image that has none (``queued``); for any other image it is
         ``ImageConflict`` and nothing is changed.
         """
         driver, image_id = self.resolve(id_or_uri)
         fields, props = split_info(image_info)
+        add_tags, remove_tags = list(add_tags), list(remove_tags)
+        split_info({"tags": add_tags + remove_tags})  # the same checks as for tags=
         if data is not None:
             status = self._retrying(lambda: driver.get(context, image_id, False),
                                     f"get image {image_id}")["status"]
@@ -276,6 +323,9 @@ class API:
         record = None
         if fields or props or purge_props:
             record = driver.update(context, image_id, fields, props, purge_props)
+        if add_tags or remove_tags:
+            driver.change_tags(context, image_id, add_tags, remove_tags)
+            record = None
         if data is not None:
             self._upload(context, driver, image_id, data)
             record = None
@@ -299,20 +349,19 @@ class API:
             raise ImageBadRequest("download needs exactly one of data (a file object) "
                                   "and dest_path")
         driver, image_id = self.resolve(id_or_uri)
-        record = self._retrying(lambda: driver.get(context, image_id, False),
-                                f"get image {image_id}")
-        if record["status"] != "active":
-            raise ImageNoData(f"image {image_id} is {record['status']} and has no data")
         if data is not None:
+            record = self._active(context, driver, image_id)
             self._transfer(context, driver, record, data.write)
             return record
         dest_path = os.fspath(dest_path)
         directory = os.path.dirname(os.path.abspath(dest_path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(dest_path)}.")
+        fd, tmp = _temporary_beside(dest_path, directory)
         try:
             with os.fdopen(fd, "wb") as f:
+                record = self._active(context, driver, image_id)
                 self._transfer(context, driver, record, f.write)
                 f.flush()
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
                 os.fsync(f.fileno())
             os.replace(tmp, dest_path)
         except BaseException:
@@ -326,6 +375,13 @@ class API:
             os.fsync(dirfd)
         finally:
             os.close(dirfd)
+        return record
+
+    def _active(self, context, driver, image_id) -> dict[str, Any]:
+        record = self._retrying(lambda: driver.get(context, image_id, False),
+                                f"get image {image_id}")
+        if record["status"] != "active":
+            raise ImageNoData(f"image {image_id} is {record['status']} and has no data")
         return record
 
     # ---- ranged reads --------------------------------------------------------

@@ -1,7 +1,7 @@
 """The ``imagefs`` command: ``imagefs image …``, ``imagefs mount``, ``imagefs umount``.
 
 Errors print one line on stderr and exit non-zero: 1 for a failed request,
-2 for bad usage or settings, 130 when interrupted.  ``--debug`` adds
+2 for bad usage or settings, 130 when interrupted, 143 at SIGTERM.  ``--debug`` adds
 tracebacks.
 """
 
@@ -12,17 +12,30 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from typing import Any, Sequence
 
 from . import __version__
 from .argv_token import hide_token, token_from_argv
-from .errors import ConfigError, ImagefsError, ImageNotFound
+from .errors import ConfigError, ImagefsError, ImageNotFound, ImageProtected
+from .output import (FORMATS, list_columns, print_record, print_records, print_table,
+                     record_columns)
 from .progress import ProgressLine, human
 
 log = logging.getLogger("imagefs")
 
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the main thread is, so that what is under way
+    cleans up as it does for Ctrl-C (a download removes its temporary file).
+    A BaseException, so that no ``except Exception`` on the way swallows it."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 # ---- option groups shared by the subcommands ---------------------------------
@@ -48,10 +61,17 @@ def _service_options() -> argparse.ArgumentParser:
     return p
 
 
-def _format_option() -> argparse.ArgumentParser:
+def _format_option(formats: Sequence[str] = ("table", "json")) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("-f", "--format", choices=("table", "json"), default="table",
+    p.add_argument("-f", "--format", choices=formats, default="table",
                    help="output format (default table)")
+    return p
+
+
+def _output_options() -> argparse.ArgumentParser:
+    p = _format_option(FORMATS)
+    p.add_argument("-c", "--column", dest="columns", action="append", metavar="COLUMN",
+                   help="show only this column, by header or field name (repeatable)")
     return p
 
 
@@ -69,8 +89,22 @@ def _visibility(p: argparse.ArgumentParser) -> None:
                        help=f"make the image {v}")
 
 
+def _protection(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--protected", dest="protected", action="store_const", const=True,
+                   help="keep the image from being deleted")
+    g.add_argument("--unprotected", dest="protected", action="store_const", const=False,
+                   help="let the image be deleted")
+
+
+def _tag(text: str) -> str:
+    if not text or text != text.strip():
+        raise argparse.ArgumentTypeError(f"a tag is a non-empty word, not {text!r}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    svc, fmt = _service_options(), _format_option()
+    svc, fmt, out = _service_options(), _format_option(), _output_options()
     parser = argparse.ArgumentParser(
         prog="imagefs", description="Mount OpenStack images as files, fetched lazily.")
     parser.add_argument("--version", action="version", version=f"imagefs {__version__}")
@@ -79,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     image = top.add_parser("image", help="list, show, create, update, delete, download images")
     sub = image.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    p = sub.add_parser("list", parents=[svc, fmt], help="list images")
+    p = sub.add_parser("list", parents=[svc, out], help="list images")
     p.add_argument("--name")
     p.add_argument("--status", help="only this status (default active; 'all' for any)")
     p.add_argument("--visibility", choices=("public", "private", "shared", "community"))
@@ -88,14 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--container-format")
     p.add_argument("--property", type=_property, action="append", default=[],
                    metavar="KEY=VALUE", help="only images with this property (repeatable)")
+    p.add_argument("--tag", type=_tag, action="append", default=[], dest="tags",
+                   help="only images with this tag (repeatable: images with all)")
+    p.add_argument("--hidden", action="store_true",
+                   help="include hidden images (os_hidden), which are otherwise left out")
+    p.add_argument("--long", action="store_true",
+                   help="more columns: formats, checksum, protection, project, tags")
     p.add_argument("--limit", type=int)
     p.add_argument("--sort-key", default="created_at")
     p.add_argument("--sort-dir", choices=("asc", "desc"), default="desc")
 
-    p = sub.add_parser("show", parents=[svc, fmt], help="show one image")
+    p = sub.add_parser("show", parents=[svc, out], help="show one image")
     p.add_argument("image", metavar="ID", help="image UUID or URI")
 
-    p = sub.add_parser("create", parents=[svc, fmt], help="create an image")
+    p = sub.add_parser("create", parents=[svc, out], help="create an image")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--file", metavar="PATH", help="upload the image's data from PATH")
     p.add_argument("--disk-format", required=True)
@@ -104,9 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-ram", type=int)
     p.add_argument("--property", type=_property, action="append", default=[],
                    metavar="KEY=VALUE", help="set a custom property (repeatable)")
+    p.add_argument("--tag", type=_tag, action="append", default=[], dest="tags",
+                   help="tag the image (repeatable)")
     _visibility(p)
+    _protection(p)
 
-    p = sub.add_parser("update", parents=[svc, fmt], help="change an image's metadata")
+    p = sub.add_parser("update", parents=[svc, out], help="change an image's metadata")
     p.add_argument("image", metavar="ID")
     p.add_argument("--name")
     p.add_argument("--min-disk", type=int)
@@ -115,7 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="KEY=VALUE", help="set a custom property (repeatable)")
     p.add_argument("--purge-props", action="store_true",
                    help="remove every custom property not given with --property")
+    p.add_argument("--tag", type=_tag, action="append", default=[], dest="tags",
+                   help="add this tag (repeatable)")
+    p.add_argument("--remove-tag", type=_tag, action="append", default=[],
+                   dest="remove_tags", metavar="TAG", help="remove this tag (repeatable)")
     _visibility(p)
+    _protection(p)
 
     p = sub.add_parser("delete", parents=[svc], help="delete images")
     p.add_argument("images", metavar="ID", nargs="+")
@@ -123,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", parents=[svc], help="download an image, verified")
     p.add_argument("image", metavar="ID")
     p.add_argument("--file", metavar="PATH", required=True,
-                   help="write to PATH (it appears only complete and verified)")
+                   help="write to PATH (it appears only complete and verified, with the "
+                        "umask's mode); '-' for stdout")
     from .connect import add_direct_arguments
     add_direct_arguments(p)
 
@@ -145,36 +194,6 @@ def _add_mount_commands(top, svc) -> None:
     except ImportError:  # the mount needs pyfuse3; the image commands do not
         return
     add_arguments(top, svc)
-
-
-# ---- output --------------------------------------------------------------------
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
-
-
-def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    print(line)
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
-    print(line)
-    for row in cells:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
-    print(line)
-
-
-def print_record(record: dict, fmt: str) -> None:
-    if fmt == "json":
-        print(json.dumps(record, indent=2, sort_keys=True))
-        return
-    rows = [(k, v) for k, v in record.items() if k != "properties"]
-    rows += [(f"properties.{k}", v) for k, v in sorted(record["properties"].items())]
-    print_table(rows, ("Field", "Value"))
 
 
 # ---- the image commands ---------------------------------------------------------
@@ -202,7 +221,8 @@ def _open(args):
 
 def _info(args) -> dict:
     info: dict[str, Any] = {}
-    for key in ("name", "disk_format", "container_format", "min_disk", "min_ram", "visibility"):
+    for key in ("name", "disk_format", "container_format", "min_disk", "min_ram", "visibility",
+                "protected"):
         value = getattr(args, key, None)
         if value is not None:
             info[key] = value
@@ -211,6 +231,10 @@ def _info(args) -> dict:
 
 
 def run_image(args) -> int:
+    if args.action in ("list",):
+        args.chosen = list_columns(args.columns, args.long)
+    elif args.action in ("show", "create", "update"):
+        args.chosen = record_columns(args.columns)
     api, ctx, progress = _open(args)
     try:
         return _IMAGE_ACTIONS[args.action](api, ctx, args)
@@ -223,17 +247,31 @@ def _list(api, ctx, args) -> int:
     filters = {k: getattr(args, k) for k in ("name", "visibility", "owner", "disk_format",
                                               "container_format") if getattr(args, k)}
     filters.update(dict(args.property))
+    if args.tags:
+        filters["tag"] = args.tags
     if args.status:
         filters["status"] = None if args.status == "all" else args.status
-    records = api.get_all(ctx, filters=filters, limit=args.limit, sort_key=args.sort_key,
-                          sort_dir=args.sort_dir)
-    if args.format == "json":
-        print(json.dumps(list(records), indent=2, sort_keys=True))
-    else:
-        print_table([(r["id"], r["name"], r["status"], r["size"], r["disk_format"],
-                      r["visibility"]) for r in records],
-                    ("ID", "Name", "Status", "Size", "Disk Format", "Visibility"))
+    paging = dict(limit=args.limit, sort_key=args.sort_key, sort_dir=args.sort_dir)
+    records = api.get_all(ctx, filters=filters, **paging)
+    if args.hidden:
+        records = _merged(records, api.get_all(ctx, filters={**filters, "os_hidden": True},
+                                               **paging), args.sort_key, args.sort_dir,
+                          args.limit)
+    print_records(list(records), args.chosen, args.format, whole=not args.columns)
     return 0
+
+
+def _merged(shown, hidden, sort_key: str, sort_dir: str, limit: int | None):
+    """Two listings sorted alike, as one: Glance lists hidden images only when
+    asked for them alone."""
+    import heapq
+    import itertools
+
+    def key(record):
+        value = record.get(sort_key)
+        return (value is not None, value if value is not None else "", record["id"])
+    merged = heapq.merge(shown, hidden, key=key, reverse=(sort_dir == "desc"))
+    return itertools.islice(merged, limit) if limit is not None else merged
 
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
@@ -255,13 +293,20 @@ def _image_id(api, ctx, text: str) -> str:
 
 
 def _show(api, ctx, args) -> int:
-    print_record(api.get(ctx, _image_id(api, ctx, args.image), show_deleted=False),
-                 args.format)
+    """With the image's locations, where the service shows them to the caller
+    (Glance's policy decides; its default is admins and the owner's readers)."""
+    record = api.get(ctx, _image_id(api, ctx, args.image), include_locations=True,
+                     show_deleted=False)
+    if not record["locations"] and not record.get("direct_url"):
+        record = {k: v for k, v in record.items() if k not in ("locations", "direct_url")}
+    print_record(record, args.format, args.chosen)
     return 0
 
 
 def _create(api, ctx, args) -> int:
     info = _info(args)
+    if args.tags:
+        info["tags"] = args.tags
     if args.file:
         try:
             with open(args.file, "rb") as f:
@@ -270,7 +315,7 @@ def _create(api, ctx, args) -> int:
             raise ConfigError(f"cannot read {args.file}: {exc.strerror}") from exc
     else:
         record = api.create(ctx, info)
-    print_record(record, args.format)
+    print_record(record, args.format, args.chosen)
     return 0
 
 
@@ -278,7 +323,9 @@ def _update(api, ctx, args) -> int:
     info = _info(args)
     if not args.purge_props and not info["properties"]:
         del info["properties"]
-    print_record(api.update(ctx, args.image, info, purge_props=args.purge_props), args.format)
+    print_record(api.update(ctx, args.image, info, purge_props=args.purge_props,
+                            add_tags=args.tags, remove_tags=args.remove_tags),
+                 args.format, args.chosen)
     return 0
 
 
@@ -287,6 +334,10 @@ def _delete(api, ctx, args) -> int:
     for image in args.images:
         try:
             api.delete(ctx, _image_id(api, ctx, image))
+        except ImageProtected as exc:
+            print(f"imagefs: {exc}; unprotect it first: imagefs image update {image} "
+                  "--unprotected", file=sys.stderr)
+            failed += 1
         except ImagefsError as exc:
             print(f"imagefs: {exc}", file=sys.stderr)
             failed += 1
@@ -294,8 +345,21 @@ def _delete(api, ctx, args) -> int:
 
 
 def _download(api, ctx, args) -> int:
-    record = api.download(ctx, _image_id(api, ctx, args.image), dest_path=args.file)
-    log.info("wrote %s (%s) to %s", record["id"], human(record["size"] or 0), args.file)
+    """To ``--file``, or with ``--file -`` to stdout, as the bytes arrive (the
+    check against the image's hash comes at the end: a failure then is exit 1
+    with the bytes already written)."""
+    image_id = _image_id(api, ctx, args.image)
+    if args.file == "-":
+        if sys.stdout.isatty():
+            raise ConfigError("--file - writes the image to stdout, which is a terminal: "
+                              "redirect it")
+        sys.stdout.flush()
+        record = api.download(ctx, image_id, data=sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    else:
+        record = api.download(ctx, image_id, dest_path=args.file)
+    log.info("wrote %s (%s) to %s", record["id"], human(record["size"] or 0),
+             "stdout" if args.file == "-" else args.file)
     return 0
 
 
@@ -346,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.os_auth_token = moved
     try:
         if args.command == "image":
+            signal.signal(signal.SIGTERM, _terminate)
             return run_image(args)
         return args.run(args)
     except ConfigError as exc:
@@ -357,6 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imagefs: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print("imagefs: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED

@@ -101,10 +101,24 @@ def describe(opts: ServiceOptions, env: Mapping[str, str] = os.environ) -> str:
     return f"embedded store {default_store_dir()}"
 
 
+def check_image_url(url: str) -> None:
+    """ConfigError unless ``url`` is an http(s) URL with a host: without a
+    scheme, requests would fail later with "no connection adapters"."""
+    import urllib.parse
+
+    if "://" not in url:
+        raise ConfigError(f"image URL {url!r} has no scheme: did you mean http://{url} ?")
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"image URL {url!r} is not an http:// or https:// URL with a host")
+
+
 def open_api(opts: ServiceOptions, env: Mapping[str, str] = os.environ, *,
              retry: RetryPolicy = RetryPolicy(), progress: Progress | None = None
              ) -> tuple[API, RequestContext]:
     """The API and the caller's context for these options."""
+    if opts.os_image_url and not opts.store:
+        check_image_url(opts.os_image_url)
     if opts.store:
         return API(LocalDriver(opts.store), retry=retry, progress=progress), \
             RequestContext.local_admin()

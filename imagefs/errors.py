@@ -11,6 +11,7 @@ errors at one place (``imagefs.drivers.glance._translate``).
      ├── ImageError                 the service refused a request about images
      │    ├── ImageNotFound         404, or deleted when deleted images are hidden
      │    ├── ImageNotAuthorized    401/403: bad credentials or not allowed
+     │    │    └── ImageProtected   403 to a delete: the image is protected
      │    ├── ImageBadRequest       400, or a request we can tell is bad (unknown URI scheme)
      │    │    └── RangesRefused    400 to a Range request: the image's store cannot seek
      │    ├── ImageConflict         409: e.g. uploading data to an image that has some
@@ -51,6 +52,10 @@ class ImageNotFound(ImageError):
 
 class ImageNotAuthorized(ImageError):
     status = 403
+
+
+class ImageProtected(ImageNotAuthorized):
+    """The image is protected: it cannot be deleted until it is unprotected."""
 
 
 class ImageBadRequest(ImageError):

@@ -44,6 +44,7 @@ from .context import RequestContext
 from .errors import ImageNotFound
 from .names import by_name
 from .prefetch import Prefetcher
+from .records import without_locations
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,10 @@ def _ns(timestamp: str | None) -> int:
 
 
 def metadata_bytes(record: dict[str, Any]) -> bytes:
-    return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+    """``metadata.json``: the record without its locations, whatever the API
+    gave (every user of the host may read the file; a location may hold a
+    store's credentials)."""
+    return (json.dumps(without_locations(record), indent=2, sort_keys=True) + "\n").encode()
 
 
 @dataclasses.dataclass

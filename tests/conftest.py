@@ -57,6 +57,16 @@ def glance(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def glance_locations(tmp_path_factory):
+    """A second Glance that puts ``direct_url`` in every answer about an image and
+    ``locations`` in those to callers its policy allows (see ``LOCATIONS_CONF``)."""
+    server = GlanceServer(tmp_path_factory.mktemp("glance-locations"), show_locations=True)
+    server.start()
+    yield server
+    server.stop()
+
+
 def glance_behind(keystone: KeystoneServer, workdir: Path) -> GlanceServer:
     """A Glance started behind ``keystone``, its ``image`` service in the catalog."""
     server = GlanceServer(workdir, keystone=keystone).start()

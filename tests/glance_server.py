@@ -135,6 +135,12 @@ enforce_new_defaults = true
 task_pool_threads = 4
 """
 
+#: Every answer about an image has its ``direct_url`` (an rbd Glance always; an
+#: fs one with ``show_locations``, which also turns on ``locations`` for those
+#: Glance's policy lets see them: admins and readers of the owning project).
+#: A deployment's swift or http store URLs, credentials and all, show like this.
+LOCATIONS_CONF = "show_image_direct_url = true\n"
+
 FS_STORE = """\
 [fs]
 filesystem_store_datadir = {dir}/images
@@ -361,8 +367,10 @@ class GlanceServer:
     it through keystonemiddleware, as a service user made for it there.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, keystone=None, *, rbd=None):
+    def __init__(self, workdir: Path, port: int | None = None, keystone=None, *, rbd=None,
+                 show_locations: bool = False):
         self.dir = Path(workdir)
+        self.show_locations = show_locations
         self.keystone = keystone
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -370,11 +378,19 @@ class GlanceServer:
         self.proc: subprocess.Popen | None = None
 
     def _api_conf(self) -> str:
+        conf = self._store_conf()
+        if self.show_locations:
+            conf = conf.replace("show_multiple_locations = false", "show_multiple_locations = true")
+        return conf
+
+    def _store_conf(self) -> str:
         if self.rbd is None:
+            locations = LOCATIONS_CONF if self.show_locations else ""
             return API_CONF.format(dir=self.dir, url=self.url, store="fs", store_type="file",
-                                   default_extra="", store_section=FS_STORE.format(dir=self.dir))
+                                   default_extra=locations,
+                                   store_section=FS_STORE.format(dir=self.dir))
         return API_CONF.format(dir=self.dir, url=self.url, store="rbd", store_type="rbd",
-                               default_extra="show_image_direct_url = true\n",
+                               default_extra=LOCATIONS_CONF,
                                store_section=RBD_STORE.format(ceph_conf=self.rbd.conf_path,
                                                                 pool=self.rbd.pool))
 

@@ -36,7 +36,9 @@ def test_signatures_are_the_seeds():
     assert shape("get_all") == [("context", pos, None), ("kwargs", "VAR_KEYWORD", None)]
     assert shape("update") == [("context", pos, None), ("id_or_uri", pos, None),
                                ("image_info", pos, None), ("data", pos, None),
-                               ("purge_props", pos, False)]
+                               ("purge_props", pos, False),  # the seed's; then keywords only:
+                               ("add_tags", "KEYWORD_ONLY", ()),
+                               ("remove_tags", "KEYWORD_ONLY", ())]
 
 
 # ---- create / get -----------------------------------------------------------------
@@ -84,6 +86,50 @@ def test_include_locations_always_gives_a_list(backend, tag):
     assert "locations" not in backend.api.get(ALICE, record["id"])
     assert isinstance(backend.api.get(ALICE, record["id"], include_locations=True)["locations"],
                       list)
+
+
+def test_records_keep_tags_protected_hidden_and_virtual_size(backend, tag):
+    api = backend.api
+    image = make_image(api, ALICE, tag, data=b"x" * 1000, tags=["web", "base"],
+                       protected=True, os_hidden=True)
+    shown = api.get(ALICE, image["id"])
+    assert shown["tags"] == ["base", "web"]
+    assert shown["protected"] is True and shown["os_hidden"] is True
+    assert shown["virtual_size"] == 1000  # raw: Glance inspects it, the store knows it
+    assert shown["stores"] == (["fs"] if backend.kind == "glance" else None)
+    assert "direct_url" not in shown and "locations" not in shown
+    api.update(ALICE, image["id"], {"protected": False, "os_hidden": False})
+    assert api.get(ALICE, image["id"])["protected"] is False
+
+
+def test_tags_are_added_and_removed_one_by_one(backend, tag):
+    api = backend.api
+    image = make_image(api, ALICE, tag, tags=["a"])
+    changed = api.update(ALICE, image["id"], {}, add_tags=["b", "c"], remove_tags=["a", "zz"])
+    assert changed["tags"] == ["b", "c"]
+    assert api.update(ALICE, image["id"], {"tags": ["d"]})["tags"] == ["d"]
+    with pytest.raises(errors.ImageBadRequest, match="tags"):
+        api.update(ALICE, image["id"], {}, add_tags=[""])
+
+
+def test_listing_by_tags_and_hidden_images(backend, tag):
+    api = backend.api
+    both = make_image(api, ALICE, tag, tags=["x", "y"])
+    make_image(api, ALICE, tag, tags=["x"])
+    hidden = make_image(api, ALICE, tag, tags=["x", "y"], os_hidden=True)
+    assert [r["id"] for r in api.get_all(ALICE, test_tag=tag, tag=["x", "y"])] == [both["id"]]
+    assert len(list(api.get_all(ALICE, test_tag=tag, tag="x"))) == 2
+    assert [r["id"] for r in api.get_all(ALICE, test_tag=tag, os_hidden=True)] == [hidden["id"]]
+
+
+def test_a_protected_image_cannot_be_deleted(backend, tag):
+    api = backend.api
+    image = make_image(api, ALICE, tag, protected=True)
+    with pytest.raises(errors.ImageProtected, match="protected"):
+        api.delete(ALICE, image["id"])
+    assert api.get(ALICE, image["id"])["status"] == "active"
+    api.update(ALICE, image["id"], {"protected": False})
+    api.delete(ALICE, image["id"])
 
 
 def test_service_fields_cannot_be_set(backend, tag):

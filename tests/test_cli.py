@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import stat
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import random_bytes
@@ -334,3 +337,227 @@ def test_show_download_and_delete_take_a_unique_name(tmp_path, tag):
     assert missing.returncode == 1 and "no image named" in missing.stderr
     run(["image", "delete", f"one-{tag}", *store], {})
     assert run(["image", "show", ids[0], *store], {}, check=False).returncode == 1
+
+
+def test_an_image_url_without_a_scheme_suggests_http(glance_clean):
+    proc = run(["image", "list", "--os-image-url", "localhost:9292"],
+               {"OS_AUTH_TOKEN": "alice-token"}, check=False)
+    assert proc.returncode == 2
+    assert "has no scheme" in proc.stderr and "http://localhost:9292" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert glance_clean.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("path, status", [("/wrong", "300"), ("/_test/nothing", "404")])
+def test_an_endpoint_without_the_image_api_says_so(glance_clean, tag, path, status):
+    # Glance's version negotiation answers 300 to a wrong path; other servers 404.
+    url = glance_clean.url + path
+    for args in (["image", "list"], ["image", "show", "00000000-0000-4000-8000-000000000000"]):
+        proc = run([*args, "--os-image-url", url], {"OS_AUTH_TOKEN": "alice-token"},
+                   check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert f"no image API at {url}" in proc.stderr and status in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    # an image that is not there is still "not found", not a wrong URL
+    missing = run(["image", "show", "00000000-0000-4000-8000-000000000000"],
+                  {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance_clean.url},
+                  check=False)
+    assert missing.returncode == 1 and "no image API" not in missing.stderr
+
+
+# ---- records, output formats and columns ---------------------------------------------
+def test_show_gives_the_locations_glance_shows_and_nothing_else_does(tmp_path, glance_locations,
+                                                                     tag):
+    env = {"OS_AUTH_TOKEN": "admin-token", "OS_IMAGE_URL": glance_locations.url}
+    src = tmp_path / "src"
+    src.write_bytes(b"where am I")
+    created = as_json(run(["image", "create", f"loc-{tag}", "--file", str(src), "--disk-format",
+                           "raw", "--container-format", "bare", "--property",
+                           f"test_tag={tag}", "-f", "json"], env))
+    assert "locations" not in created and "direct_url" not in created
+    shown = as_json(run(["image", "show", created["id"], "-f", "json"], env))
+    assert shown["direct_url"].startswith("file://")
+    assert [loc["url"] for loc in shown["locations"]] == [shown["direct_url"]]
+    assert (shown["virtual_size"], shown["stores"], shown["tags"], shown["os_hidden"]) == \
+        (10, ["fs"], [], False)
+    assert "file://" in run(["image", "show", created["id"]], env).stdout
+    listed = run(["image", "list", "--property", f"test_tag={tag}", "-f", "json"], env).stdout
+    assert created["id"] in listed and "file://" not in listed
+    updated = run(["image", "update", created["id"], "--tag", "x", "-f", "json"], env).stdout
+    assert "file://" not in updated
+
+
+def create_args(name, src, *extra):
+    return ["image", "create", name, "--file", str(src), "--disk-format", "raw",
+            "--container-format", "bare", *extra]
+
+
+def test_formats_and_columns_as_openstack_prints_them(tmp_path, tag):
+    import yaml
+
+    store = ("--store", str(tmp_path / "store"))
+    src = tmp_path / "src"
+    src.write_bytes(b"formats")
+    image_id = run(create_args(f"f-{tag}", src, "--tag", "web", "-f", "value", "-c", "id",
+                               *store), {}).stdout.strip()
+    assert len(image_id) == 36
+    shown = as_json(run(["image", "show", image_id, "-f", "json", *store], {}))
+    assert yaml.safe_load(run(["image", "show", image_id, "-f", "yaml", *store], {}).stdout) \
+        == shown
+    assert run(["image", "show", image_id, "-f", "value", "-c", "name", "-c", "size",
+                *store], {}).stdout == f"f-{tag}\n7\n"
+    assert as_json(run(["image", "update", image_id, "--name", "g", "-f", "json", "-c",
+                        "name", "-c", "tags", *store], {})) == {"name": "g", "tags": ["web"]}
+    assert run(["image", "list", "-f", "value", "-c", "ID", "-c", "Name", "-c", "Tags",
+                *store], {}).stdout == f"{image_id} g web\n"
+    assert yaml.safe_load(run(["image", "list", "-f", "yaml", "-c", "id", "-c", "Disk Format",
+                               *store], {}).stdout) == [{"id": image_id, "disk_format": "raw"}]
+    table = run(["image", "list", "-c", "Name", "-c", "Size", *store], {}).stdout
+    assert "| Name | Size |" in table and image_id not in table
+
+
+@pytest.mark.parametrize("action", ["list", "show", "create", "update"])
+def test_an_unknown_column_is_one_line_and_exit_2_before_any_request(tmp_path, glance_clean,
+                                                                     alice_env, action):
+    src = tmp_path / "src"
+    src.write_bytes(b"never")
+    args = {"list": ["image", "list"], "show": ["image", "show", "x"],
+            "create": create_args("never", src), "update": ["image", "update", "x"]}[action]
+    proc = run([*args, "-c", "ID", "-c", "Nmae"], alice_env, check=False)
+    assert proc.returncode == 2
+    assert "unknown column 'Nmae'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert glance_clean.stats()["requests"] == 0  # and so no image was made
+
+
+def test_list_long_tags_and_hidden(tmp_path, glance_clean, alice_env, tag):
+    from conftest import ALICE
+
+    from imagefs.api import API
+    from imagefs.drivers.glance import GlanceDriver
+
+    api = API(GlanceDriver(glance_clean.url))
+    info = {"disk_format": "raw", "container_format": "bare", "properties": {"test_tag": tag}}
+    both = api.create(ALICE, {**info, "name": "both", "tags": ["x", "y"]}, data=b"1")["id"]
+    time.sleep(1.1)  # created_at shows whole seconds: the merge of --hidden sorts by it
+    one = api.create(ALICE, {**info, "name": "one", "tags": ["x"]}, data=b"2")["id"]
+    time.sleep(1.1)
+    hidden = api.create(ALICE, {**info, "name": "hid", "tags": ["x"], "os_hidden": True},
+                        data=b"3")["id"]
+    mine = ("--property", f"test_tag={tag}")
+
+    def ids(*args):
+        return [r["id"] for r in as_json(run(["image", "list", *mine, "-f", "json", *args],
+                                             alice_env))]
+    assert ids() == [one, both]
+    assert ids("--tag", "x", "--tag", "y") == [both]
+    assert ids("--hidden") == [hidden, one, both]
+    assert ids("--hidden", "--tag", "x", "--limit", "2") == [hidden, one]
+    long = run(["image", "list", *mine, "--long"], alice_env).stdout.splitlines()
+    assert [h.strip() for h in long[1].strip("|").split("|")] == [
+        "ID", "Name", "Disk Format", "Container Format", "Size", "Checksum", "Status",
+        "Visibility", "Protected", "Project", "Tags"]
+    assert any(both in line and "x, y" in line and "False" in line for line in long)
+
+
+@pytest.mark.parametrize("where", ["glance", "store"])
+def test_tags_and_protection_and_a_protected_image_is_not_deleted(tmp_path, request, where,
+                                                                  tag):
+    if where == "glance":
+        glance = request.getfixturevalue("glance_clean")
+        env, extra = {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance.url}, ()
+    else:
+        env, extra = {}, ("--store", str(tmp_path / "store"))
+    src = tmp_path / "src"
+    src.write_bytes(b"keep me")
+    created = as_json(run(create_args(f"p-{tag}", src, "--tag", "a", "--tag", "b",
+                                      "--protected", "-f", "json", *extra), env))
+    assert created["tags"] == ["a", "b"] and created["protected"] is True
+    refused = run(["image", "delete", created["id"], *extra], env, check=False)
+    assert refused.returncode == 1
+    assert "is protected" in refused.stderr and "--unprotected" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert as_json(run(["image", "show", created["id"], "-f", "json", *extra], env))[
+        "status"] == "active"
+    updated = as_json(run(["image", "update", created["id"], "--tag", "c", "--remove-tag", "a",
+                           "--unprotected", "-f", "json", *extra], env))
+    assert updated["tags"] == ["b", "c"] and updated["protected"] is False
+    run(["image", "delete", created["id"], *extra], env)
+
+
+# ---- download ----------------------------------------------------------------------------
+@pytest.fixture
+def alice_image(tmp_path, glance_clean, alice_env, tag):
+    """(id, bytes) of a 2 MB image of alice's, with the counters zeroed after it."""
+    data = random_bytes(2_000_000)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    image_id = run(create_args(f"dl-{tag}", src, "-f", "value", "-c", "id"),
+                   alice_env).stdout.strip()
+    glance_clean.reset()
+    return image_id, data
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_a_download_has_the_mode_the_umask_gives(tmp_path, alice_env, alice_image, umask, mode):
+    image_id, data = alice_image
+    out = tmp_path / "out.img"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    proc = subprocess.run([sys.executable, "-m", "imagefs", "image", "download", image_id,
+                           "--file", str(out)], env={**base, **alice_env}, umask=umask,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == data
+    assert stat.S_IMODE(out.stat().st_mode) == mode
+
+
+@pytest.mark.parametrize("case, says", [("missing", "does not exist"),
+                                        ("directory", "is a directory")])
+def test_a_bad_download_path_is_one_line_before_any_byte(tmp_path, glance_clean, alice_env,
+                                                         alice_image, case, says):
+    image_id, _ = alice_image
+    target = tmp_path / "nowhere" / "out.img" if case == "missing" else tmp_path
+    proc = run(["image", "download", image_id, "--file", str(target)], alice_env, check=False)
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert glance_clean.stats()["data_bytes"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_download_to_stdout(alice_env, alice_image):
+    image_id, data = alice_image
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    proc = subprocess.run([sys.executable, "-m", "imagefs", "image", "download", image_id,
+                           "--file", "-"], env={**base, **alice_env}, capture_output=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == data and proc.stderr == b""
+
+
+def test_sigterm_during_a_download_removes_the_temporary_file(tmp_path, glance_clean,
+                                                              alice_env, alice_image):
+    image_id, _ = alice_image
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    glance_clean.faults(rate=200_000)  # 2 MB: ten seconds
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    proc = subprocess.Popen([sys.executable, "-m", "imagefs", "image", "download", image_id,
+                             "--file", str(out_dir / "img")], env={**base, **alice_env},
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            temps = list(out_dir.iterdir())
+            if temps and temps[0].stat().st_size > 0:
+                break
+            time.sleep(0.05)
+        assert len(temps) == 1 and temps[0].name.startswith(".img.")
+        assert stat.S_IMODE(temps[0].stat().st_mode) == 0o600  # not for others while unchecked
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=20)[1]
+    finally:
+        proc.kill()
+        glance_clean.faults()
+    assert proc.returncode == 143
+    assert stderr.strip() == "imagefs: terminated"
+    assert list(out_dir.iterdir()) == []

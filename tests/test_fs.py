@@ -10,7 +10,7 @@ import time
 
 import pytest
 import trio
-from conftest import ALICE, BOB, FAST_RETRY, make_image, random_bytes
+from conftest import ADMIN, ALICE, BOB, FAST_RETRY, make_image, random_bytes
 
 from imagefs import errors
 from imagefs.api import API
@@ -104,6 +104,37 @@ def test_listing_metadata_and_attributes(backend, tag, tmp_path):
         assert e.value.errno == errno.EROFS
 
     run_fs(backend.api, ALICE, tmp_path, body)
+
+
+def test_metadata_json_holds_no_locations_even_when_glance_sends_them(glance_locations, tag,
+                                                                     tmp_path):
+    api = API(GlanceDriver(glance_locations.url, timeout=10), retry=FAST_RETRY)
+    image = make_image(api, ADMIN, tag, visibility="public")
+    exposed = api.get(ADMIN, image["id"], include_locations=True)
+    assert exposed["direct_url"].startswith("file://") and exposed["locations"]
+
+    class Leaky(API):  # an API that passes the locations up with every record
+        def get(self, context, id_or_uri, include_locations=False, show_deleted=True):
+            return super().get(context, id_or_uri, True, show_deleted)
+
+        def get_all(self, context, **kwargs):
+            return (self.get(context, r["id"]) for r in super().get_all(context, **kwargs))
+
+    leaky = Leaky(api.default, retry=FAST_RETRY)
+
+    async def body(fs):
+        d = await fs.lookup(ROOT_INODE, image["id"])
+        meta = await fs.lookup(d.ino, METADATA)
+        fh, _ = await fs.open(meta.ino, False)
+        content = await fs.read(fh, 0, 1 << 20)
+        assert len(content) == meta.size
+        record = json.loads(content)
+        assert record["id"] == image["id"] and record["stores"] == ["fs"]
+        assert "locations" not in record and "direct_url" not in record
+        assert b"file://" not in content
+
+    run_fs(api, ADMIN, tmp_path / "plain", body)
+    run_fs(leaky, ADMIN, tmp_path / "leaky", body)
 
 
 def test_random_reads_are_byte_exact(backend, tag, tmp_path):

@@ -19,9 +19,12 @@ class Driver(Protocol):
     def get(self, ctx: RequestContext, image_id: str, include_locations: bool) -> Record:
         """The record; ImageNotFound if the caller cannot see it."""
 
-    def list(self, ctx: RequestContext, filters: Mapping[str, str], *, marker: str | None,
+    def list(self, ctx: RequestContext, filters: Mapping[str, Any], *, marker: str | None,
              limit: int | None, sort_key: str, sort_dir: str, page_size: int) -> Iterator[Record]:
-        """Records visible to the caller, filtered and sorted, fetched page by page."""
+        """Records visible to the caller, filtered and sorted, fetched page by page.
+
+        Filter values are strings, but ``tag``: a list (images having all).
+        Images with ``os_hidden`` are listed only with ``os_hidden="true"``."""
 
     def create(self, ctx: RequestContext, fields: Mapping[str, Any],
                props: Mapping[str, str]) -> Record:
@@ -33,6 +36,10 @@ class Driver(Protocol):
     def update(self, ctx: RequestContext, image_id: str, fields: Mapping[str, Any],
                props: Mapping[str, str], purge_props: bool) -> Record:
         """Change fields and properties; with ``purge_props`` drop the others."""
+
+    def change_tags(self, ctx: RequestContext, image_id: str, add: Iterable[str],
+                    remove: Iterable[str]) -> None:
+        """Add and remove tags, one at a time; a tag already there (or absent) is fine."""
 
     def delete(self, ctx: RequestContext, image_id: str) -> None:
         """Delete the image; afterwards it is not found."""

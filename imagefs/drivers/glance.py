@@ -47,8 +47,8 @@ from keystoneauth1 import token_endpoint
 
 from ..context import RequestContext
 from ..errors import (BackendUnavailable, ConfigError, ImageBadRequest, ImageConflict,
-                      ImageError, ImageNoData, ImageNotAuthorized, ImageNotFound,
-                      ImageQuotaExceeded, RangesRefused)
+                      ImagefsError, ImageError, ImageNoData, ImageNotAuthorized, ImageNotFound,
+                      ImageProtected, ImageQuotaExceeded, RangesRefused)
 from ..records import make_record
 
 log = logging.getLogger(__name__)
@@ -292,8 +292,35 @@ class GlanceDriver:
         return self._clients(ctx)[2].images
 
     # ---- records ----------------------------------------------------------
+    @contextlib.contextmanager
+    def _asking(self, ctx, what: str):
+        """``_translate``, and a 404 or 300 checked against the endpoint: a URL
+        with a wrong path answers those to every image request, and "image not
+        found" would then send the operator looking for the wrong thing."""
+        try:
+            with _translate(what):
+                yield
+        except ImageError as exc:
+            if exc.status in (300, 404):
+                self._check_api(ctx, exc)
+            raise
+
+    def _check_api(self, ctx, cause: Exception) -> None:
+        """ConfigError if the endpoint has no image API (its image schema is
+        not there); anything else leaves ``cause`` to be raised."""
+        session, endpoint, _ = self._clients(ctx)
+        try:
+            resp = session.get(f"{endpoint}/v2/schemas/image", raise_exc=False,
+                               authenticated=True, timeout=self.timeout, log=False)
+        except Exception:  # unreachable now: the first error tells it better
+            return
+        if resp.status_code in (300, 404):
+            raise ConfigError(f"no image API at {endpoint} (GET /v2/schemas/image answers "
+                              f"{resp.status_code} {resp.reason}): check the URL's path, "
+                              "e.g. http://glance:9292") from cause
+
     def get(self, ctx, image_id, include_locations) -> dict:
-        with _translate(f"image {image_id}"):
+        with self._asking(ctx, f"image {image_id}"):
             raw = dict(self._images(ctx).get(image_id))
         locations = raw.get("locations") or []
         if include_locations and not locations and raw.get("direct_url"):
@@ -307,17 +334,17 @@ class GlanceDriver:
             kwargs["marker"] = marker
         if limit:
             kwargs["limit"] = limit
-        with _translate("listing images"):
+        with self._asking(ctx, "listing images"):
             for image in self._images(ctx).list(**kwargs):
                 yield make_record(dict(image))
 
     def create(self, ctx, fields, props) -> dict:
-        with _translate("creating an image"), _schema_errors():
+        with self._asking(ctx, "creating an image"), _schema_errors():
             raw = dict(self._images(ctx).create(**fields, **props))
         return make_record(raw)
 
     def upload(self, ctx, image_id, chunks) -> None:
-        with _translate(f"uploading data to image {image_id}"):
+        with self._asking(ctx, f"uploading data to image {image_id}"):
             self._images(ctx).upload(image_id, _IterReader(chunks))
 
     def update(self, ctx, image_id, fields, props, purge_props) -> dict:
@@ -325,14 +352,40 @@ class GlanceDriver:
         if purge_props:
             current = self.get(ctx, image_id, False)["properties"]
             remove = [k for k in current if k not in props]
-        with _translate(f"updating image {image_id}"), _schema_errors():
+        with self._asking(ctx, f"updating image {image_id}"), _schema_errors():
             raw = dict(self._images(ctx).update(image_id, remove_props=remove or None,
                                                 **fields, **props))
         return make_record(raw)
 
+    def change_tags(self, ctx, image_id, add, remove) -> None:
+        tags = self._clients(ctx)[2].image_tags
+        with self._asking(ctx, f"tagging image {image_id}"):
+            for tag in add:
+                tags.update(image_id, tag)
+        for tag in remove:
+            try:
+                with self._asking(ctx, f"untagging image {image_id}"):
+                    tags.delete(image_id, tag)
+            except ImageNotFound:  # the tag (or the image: the get below says which)
+                self.get(ctx, image_id, False)
+
     def delete(self, ctx, image_id) -> None:
-        with _translate(f"deleting image {image_id}"):
-            self._images(ctx).delete(image_id)
+        try:
+            with self._asking(ctx, f"deleting image {image_id}"):
+                self._images(ctx).delete(image_id)
+        except ImageNotAuthorized as exc:
+            # Glance answers a protected image's delete 403, as it does a delete
+            # of another project's image: the record tells them apart.
+            if exc.status == 403 and self._is_protected(ctx, image_id):
+                raise ImageProtected(f"image {image_id} is protected and cannot be "
+                                     "deleted") from exc
+            raise
+
+    def _is_protected(self, ctx, image_id) -> bool:
+        try:
+            return self.get(ctx, image_id, False)["protected"]
+        except ImagefsError:
+            return False
 
     # ---- data -------------------------------------------------------------
     def _get_file(self, ctx, image_id: str, range_header: str | None,

@@ -16,8 +16,12 @@ bytes even if the image is deleted meanwhile.
 Semantics follow Glance v2: UUID ids; new images are ``queued`` until their
 data is uploaded, then ``active`` with ``size``, ``checksum`` (md5) and
 ``os_hash_value`` (sha512); default visibility ``shared``; default listing
-sorted by ``created_at`` descending.  Visibility uses the context: an admin
-sees everything, others see public and community images and their own.
+sorted by ``created_at`` descending; ``os_hidden`` images listed only when
+asked for (and then only they); ``tag`` filters for images having all the
+tags given; a ``protected`` image cannot be deleted.  Visibility uses the
+context: an admin sees everything, others see public and community images
+and their own.  The store has no locations and no stores to name;
+``virtual_size`` is known for raw images only (it is their size).
 Deleting keeps a tombstone record with status ``deleted`` (so
 ``get(..., show_deleted=True)`` can show it) and removes the data.
 """
@@ -38,7 +42,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from ..context import RequestContext
 from ..errors import (ImageBadRequest, ImageConflict, ImageNoData, ImageNotAuthorized,
-                      ImageNotFound)
+                      ImageNotFound, ImageProtected)
 from ..records import DELETED_STATES, FIELDS, make_record
 
 URI_SCHEME = "imagefs-local"
@@ -142,6 +146,9 @@ class LocalDriver:
         return make_record(raw, include_locations)  # the store exposes no locations
 
     def list(self, ctx, filters, *, marker, limit, sort_key, sort_dir, page_size) -> Iterator[dict]:
+        filters = dict(filters)
+        tags = set(filters.pop("tag", ()))
+        hidden = filters.pop("os_hidden", "false") == "true"
         records = []
         for path in self.images.glob("*.json"):
             try:
@@ -153,6 +160,8 @@ class LocalDriver:
             if "visibility" not in filters and not ctx.is_admin:
                 if raw["visibility"] == "community" and raw.get("owner") != ctx.project_id:
                     continue  # as Glance: community images are listed only on request
+            if bool(raw.get("os_hidden")) != hidden or not tags <= set(raw.get("tags") or ()):
+                continue
             if all(self._matches(raw, k, v) for k, v in filters.items()):
                 records.append(raw)
         def key(raw):  # sort_key is one of FIELDS: API.get_all checked it
@@ -176,6 +185,8 @@ class LocalDriver:
             have = raw.get(key)
         else:
             have = (raw.get("properties") or {}).get(key)
+        if isinstance(have, bool):
+            have = str(have).lower()
         return have is not None and str(have) == str(value)
 
     @staticmethod
@@ -189,15 +200,19 @@ class LocalDriver:
         for key in ("min_disk", "min_ram"):
             if key in fields and (not isinstance(fields[key], int) or fields[key] < 0):
                 raise ImageBadRequest(f"{key} must be a whole number >= 0")
+        for key in ("protected", "os_hidden"):
+            if key in fields and not isinstance(fields[key], bool):
+                raise ImageBadRequest(f"{key} must be true or false")
 
     def create(self, ctx, fields, props) -> dict:
         self._check(fields)
         now = _now()
         raw = {key: None for key in FIELDS}
         raw.update(id=str(uuid.uuid4()), status="queued", min_disk=0, min_ram=0,
-                   visibility="shared", protected=False, owner=ctx.project_id,
-                   created_at=now, updated_at=now)
+                   visibility="shared", protected=False, os_hidden=False, tags=[],
+                   owner=ctx.project_id, created_at=now, updated_at=now)
         raw.update(fields)
+        raw["tags"] = sorted(set(raw["tags"]))
         if raw["visibility"] == "public" and not ctx.is_admin:
             raise ImageNotAuthorized("only an admin may create public images")
         raw["properties"] = dict(props)
@@ -228,6 +243,7 @@ class LocalDriver:
                 os.replace(tmp, self._paths(image_id)[1])
                 raw.update(status="active", size=size, checksum=md5.hexdigest(),
                            os_hash_algo="sha512", os_hash_value=sha512.hexdigest(),
+                           virtual_size=size if raw.get("disk_format") == "raw" else None,
                            updated_at=_now())
                 self._save(raw)
         finally:
@@ -243,11 +259,21 @@ class LocalDriver:
             if fields.get("visibility") == "public" and not ctx.is_admin:
                 raise ImageNotAuthorized("only an admin may make an image public")
             raw.update(fields)
+            raw["tags"] = sorted(set(raw.get("tags") or ()))
             raw["properties"] = ({} if purge_props else dict(raw.get("properties") or {}))
             raw["properties"].update(props)
             raw["updated_at"] = _now()
             self._save(raw)
         return make_record(raw)
+
+    def change_tags(self, ctx, image_id, add, remove) -> None:
+        with self._locked():
+            raw = self._load_for(ctx, image_id, write=True)
+            if raw["status"] in DELETED_STATES:
+                raise ImageNotFound(f"image {image_id} is deleted")
+            raw["tags"] = sorted((set(raw.get("tags") or ()) | set(add)) - set(remove))
+            raw["updated_at"] = _now()
+            self._save(raw)
 
     def delete(self, ctx, image_id) -> None:
         with self._locked():
@@ -255,7 +281,7 @@ class LocalDriver:
             if raw["status"] in DELETED_STATES:
                 raise ImageNotFound(f"image {image_id} is already deleted")
             if raw.get("protected"):
-                raise ImageConflict(f"image {image_id} is protected and cannot be deleted")
+                raise ImageProtected(f"image {image_id} is protected and cannot be deleted")
             raw.update(status="deleted", updated_at=_now())
             self._save(raw)
             with contextlib.suppress(FileNotFoundError):
