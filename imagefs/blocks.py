@@ -67,6 +67,10 @@ MAX_STREAMS = 4
 STREAM_REACH = 2
 #: Seconds a failed flight answers new readers of its block (see the docstring).
 FAILURE_GRACE = 0.5
+#: Blocks one ranged read of a warm-up asks for at most (one group file's).
+WARM_RUN = 16
+#: Seconds a warm-up waits, before its next read, while a reader's fetch waits for a thread.
+WARM_YIELD = 0.002
 #: Sources whose bytes bypass the image service: a whole read of them is checked.
 DIRECT_KINDS = frozenset({"rbd", "file"})
 
@@ -270,11 +274,15 @@ class BlockReader:
         flight.data = data
         self._settle(flight)
 
-    def _fail(self, flight: _Flight, error: BaseException) -> None:
+    def _fail(self, flight: _Flight, error: BaseException, remember: bool = True) -> None:
+        """Fail the flight's readers; ``remember``: and readers of its block for
+        ``FAILURE_GRACE`` (not for a warm-up's: a reader then tries for itself)."""
         if flight.done.is_set():
             return
         flight.error = error
         self._settle(flight)
+        if not remember:
+            return
         now = trio.current_time()
         if len(self._failed) > 1024:
             self._failed = {k: v for k, v in self._failed.items()
@@ -432,6 +440,132 @@ class BlockReader:
             self.cache.put(key, data)
             self._note_fetched(image, index, source.kind)
             return data
+
+    # ---- warming: boot profiles, ``imagefs prefetch`` ------------------------------------
+    async def warm(self, image: ImageRef, ranges, progress: Callable[[dict], None] | None = None
+                   ) -> dict:
+        """Bring the blocks of ``ranges`` (byte ranges ``(start, end)``, in the order
+        given) into the cache ahead of any reader: ranged reads of up to ``WARM_RUN``
+        consecutive blocks, ``WARM_PARALLEL`` at once, each started only while no
+        reader's fetch is waiting for a thread.  Blocks cached or on their way cost
+        nothing.  Returns (and passes ``progress`` after each run) the figures so far:
+        ``blocks`` and ``bytes`` to warm, ``done`` blocks, ``cached`` blocks that were
+        there already, ``fetched`` bytes, ``failed`` blocks."""
+        order: dict[int, None] = {}
+        for start, end in ranges:
+            start, end = max(0, start), min(end, image.size)
+            for index in range(start // self.block_size, (end - 1) // self.block_size + 1):
+                if start < end:
+                    order.setdefault(index)
+        runs: list[list[int]] = []
+        for index in order:
+            run = runs[-1] if runs else None
+            if run and index == run[-1] + 1 and len(run) < WARM_RUN \
+                    and self.cache.same_run(self.key(image, run[0]), self.key(image, index)):
+                run.append(index)
+            else:
+                runs.append([index])
+        figures = {"blocks": len(order), "bytes": sum(self.block_length(image, i) for i in order),
+                   "done": 0, "cached": 0, "fetched": 0, "failed": 0}
+        slots = trio.Semaphore(max(1, int(self.fetch_limiter.total_tokens) // 2))
+
+        async def one(run: list[int]) -> None:
+            try:
+                await self._warm_run(image, run, figures)
+            finally:
+                slots.release()
+                figures["done"] += len(run)
+                if progress is not None:
+                    progress(dict(figures))
+
+        async with trio.open_nursery() as nursery:
+            for run in runs:
+                await slots.acquire()
+                nursery.start_soon(one, run)
+        return figures
+
+    async def _warm_run(self, image: ImageRef, run: list[int], figures: dict) -> None:
+        todo = []
+        for index in run:
+            key = self.key(image, index)
+            if self.cache.in_memory(key) or self.cache.on_disk(key) or key in self._flights:
+                figures["cached"] += 1
+            else:
+                todo.append(index)
+        while todo:  # consecutive pieces of what is missing
+            piece = [todo.pop(0)]
+            while todo and todo[0] == piece[-1] + 1:
+                piece.append(todo.pop(0))
+            deadline = trio.current_time() + self.read_deadline
+            flights = []
+            for index in piece:
+                key = self.key(image, index)
+                flight = self._flights[key] = _Flight(key, deadline)
+                flights.append(flight)
+            fetched = await self._fetch_range(image, piece[0], flights)
+            figures["fetched"] += fetched
+            figures["failed"] += sum(1 for f in flights if f.error is not None)
+
+    async def _fetch_range(self, image: ImageRef, first: int, flights: list[_Flight]) -> int:
+        """Fill ``flights`` (blocks ``first``...) with one ranged read, retried until
+        their deadline, after any reader's fetch; the bytes fetched."""
+        bs = self.block_size
+        want = sum(self.block_length(image, f.key.index) for f in flights)
+        deadline = flights[0].deadline
+        store = self.cache.store if self.cache.disk is not None else None
+
+        def work(source: Source, timeout: float) -> bytes:  # in a worker thread
+            data = source.read(first * bs, want, timeout=timeout)
+            if len(data) != want:
+                raise BackendUnavailable(f"image {image.id}: blocks {first}+{len(flights)} "
+                                         f"came back with {len(data)} bytes, expected {want}")
+            if store is not None:
+                for i, flight in enumerate(flights):
+                    store(flight.key, data[i * bs:(i + 1) * bs])
+            return data
+
+        try:
+            with trio.move_on_at(deadline):
+                source = await self._source(image)
+                backoff = Backoff(self.retry, deadline, clock=trio.current_time)
+                while True:
+                    while self.fetch_limiter.statistics().tasks_waiting:  # readers first
+                        await trio.sleep(WARM_YIELD)
+                    try:
+                        data = await trio.to_thread.run_sync(
+                            work, source, max(0.1, deadline - trio.current_time()),
+                            limiter=self.fetch_limiter, abandon_on_cancel=True)
+                        break
+                    except RangesRefused:
+                        self._note_no_ranges(image)
+                        for flight in flights:
+                            self._wait_for_stream_from_start(image, flight.key.index, flight)
+                        return 0
+                    except BackendUnavailable as exc:
+                        delay = backoff.next_delay()
+                        if delay is None:
+                            raise
+                        self.stats["retries"] += 1
+                        await trio.sleep(delay)
+                for i, flight in enumerate(flights):
+                    piece = data[i * bs:(i + 1) * bs]
+                    self._count(image, piece)
+                    if store is None:
+                        self.cache.put(flight.key, piece)
+                    self._complete(flight, piece)
+                    self._note_fetched(image, flight.key.index, source.kind)
+                return len(data)
+            error: BaseException = self._late(image)
+        except ImagefsError as exc:
+            error = exc
+        except Exception as exc:  # a bug: fail these blocks' readers, keep the mount
+            log.exception("unexpected error warming blocks of image %s", image.id)
+            error = BackendUnavailable(f"image {image.id}: {exc!r}")
+        log.info("image %s: warming blocks %d-%d failed: %s", image.id, first,
+                 first + len(flights) - 1, error)
+        for flight in flights:
+            self._fail(flight, error, remember=False)
+        return 0
 
     # ---- checking what a direct source sent -----------------------------------------
     def _note_fetched(self, image: ImageRef, index: int, kind: str) -> None:

@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(run=run_status)
 
+    from . import prewarm, profile_cmd
+    prewarm.add_arguments(top, fmt)
+    profile_cmd.add_arguments(top, fmt)
+
     _add_mount_commands(top, svc)
     return parser
 

@@ -103,6 +103,8 @@ class MountConfig:
     file_mode: int = 0o444              # permission bits of data and metadata.json
     dir_mode: int = 0o555               # permission bits of the directories
     read_deadline: float = 30.0         # a read answers EIO after this long at most
+    profile_dir: Path | None = None     # boot profiles (None: <cache dir>/profiles)
+    profile_window: float = 120.0       # seconds of reads a recording covers (0: none)
     retry: RetryPolicy = RetryPolicy()  # metadata calls and block fetches; the mount's
     #                                     deadline is read_deadline
 
@@ -123,6 +125,8 @@ class MountConfig:
         if self.file_mode & 0o222 or self.dir_mode & 0o222:
             raise ConfigError("the mount is read-only: --file-mode and --dir-mode take no "
                               "write bits")
+        if self.profile_window < 0:
+            raise ConfigError("--profile-window must be >= 0 seconds (0: no recording)")
         if self.max_readahead < 0:
             raise ConfigError("--readahead must be >= 0 (0 turns it off)")
         if not self.read_deadline > 0:

@@ -116,6 +116,7 @@ class _Handle:
 class ImageFS:
     def __init__(self, api: API, ctx: RequestContext, config: MountConfig, blocks: BlockReader):
         self.api, self.ctx, self.config, self.blocks = api, ctx, config, blocks
+        self.profiles = None  # BootProfiles, when the mount records and replays them
         self.meta_limiter = trio.CapacityLimiter(4)  # listings never wait behind data fetches
         self._images: dict[str, _Image] = {}
         self._by_ino: dict[int, _Image] = {}
@@ -344,7 +345,10 @@ class ImageFS:
         # A window over half the memory tier would evict blocks before they are read.
         window = min(self.config.max_readahead, self.config.memory_cache // 2)
         prefetcher = Prefetcher(self.config.block_size, window) if window else None
-        self._handles[fh] = _Handle(image.ref, prefetcher)
+        ref = image.ref
+        self._handles[fh] = _Handle(ref, prefetcher)
+        if self.profiles is not None:
+            self.profiles.opened(ref)
         return fh, True
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -353,6 +357,8 @@ class ImageFS:
             raise FsError(errno.EBADF)
         if handle.content is not None:
             return handle.content[offset:offset + size]
+        if self.profiles is not None:
+            self.profiles.on_read(handle.image, offset, size)
         if handle.prefetcher is not None:
             start, end = handle.prefetcher.on_read(offset, size)
             if end > start:

@@ -53,6 +53,8 @@ from .mountpoint import probe as probe_mountpoint
 from .mountpoint import unmount
 from .retry import RetryPolicy
 from .sources.choose import DirectOptions, SourceChooser
+from .prewarm import Warmer
+from .profiles import BootProfiles, ProfileStore
 from .status import snapshot
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,13 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
                    help="how long an image's metadata is trusted (default 30)")
     p.add_argument("--read-deadline", type=float, default=30.0, metavar="SECONDS",
                    help="a read that cannot be served by then fails with EIO (default 30)")
+    p.add_argument("--profile-dir", metavar="DIR",
+                   help="boot profiles: what the first boot of an image read, replayed as a "
+                        "prefetch on later opens (default <cache dir>/profiles; hosts may "
+                        "share one)")
+    p.add_argument("--profile-window", type=float, default=120.0, metavar="SECONDS",
+                   help="how long after an image's first read its reads are recorded "
+                        "(default 120; 0 records nothing)")
     p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     p.add_argument("--uid", metavar="USER", help="owner of every file (default: the mount's user)")
     p.add_argument("--gid", metavar="GROUP", help="group of every file (default: the mount's)")
@@ -123,6 +132,9 @@ def config_from_args(args) -> MountConfig:
                   retry=RetryPolicy(deadline=args.read_deadline))
     if args.cache_dir:
         kwargs["cache_dir"] = Path(args.cache_dir).absolute()
+    if args.profile_dir:
+        kwargs["profile_dir"] = Path(args.profile_dir).absolute()
+    kwargs["profile_window"] = args.profile_window
     return MountConfig(**kwargs)
 
 
@@ -308,6 +320,11 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
                                  read_deadline=config.read_deadline, retry=config.retry,
                                  nursery=nursery)
             fs = ImageFS(api, ctx, config, blocks)
+            profiles = BootProfiles(ProfileStore(config.profile_dir or
+                                                 config.cache_dir / "profiles"),
+                                    blocks, config.profile_window, nursery)
+            fs.profiles = profiles
+            warmer = Warmer(fs, blocks, profiles, nursery)
             if metrics_address:
                 metrics.serve(metrics_address, blocks, memory, disk)
             # Signals are caught before the mount exists: a SIGTERM as soon as the
@@ -322,6 +339,8 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
             async def handle(request: dict) -> dict:
                 if request.get("op") == "status":
                     return snapshot(fs, blocks, memory, disk, service, started)
+                if request.get("op") in Warmer.OPS:
+                    return await warmer.handle(request)
                 return {"error": f"unknown request {request.get('op')!r}"}
             await nursery.start(control.serve, config.cache_dir, mountpoint, handle)
             try:
@@ -336,6 +355,8 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
             notify("STOPPING=1", "STATUS=unmounted")
             pyfuse3.close(unmount=True)
             nursery.cancel_scope.cancel()
+            if config.profile_window > 0:
+                profiles.save_all()
             log.info("served %d reads (%d bytes); blocks: %s; API calls: %s", fs.reads["requests"],
                      fs.reads["bytes"], blocks.stats, fs.api_calls)
             blocks.close()

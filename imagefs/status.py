@@ -3,7 +3,9 @@
 ``snapshot`` runs in the daemon (on the trio thread) and returns plain JSON
 for the control socket (``imagefs.control``).  Byte counts are what the daemon
 fetched from the image's source (Glance, RBD, a file), which is what the
-source sent for the blocks it delivered.
+source sent for the blocks it delivered.  ``profile_replay`` is the figures
+of the image's boot-profile replay on this mount (``BlockReader.warm``'s,
+with ``finished``), or null when it has none.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ def snapshot(fs, blocks, memory, disk, service: str, started: float) -> dict[str
         cached = held.get(disk.image_dir(key), 0) if disk is not None else 0
         fetched = blocks.fetched_by_image.get(ref.id, 0)
         path = blocks.path(ref.id)
-        if cached or fetched or path:
+        replay = fs.profiles.replays.get(ref.id) if fs.profiles is not None else None
+        if cached or fetched or path or replay:
             images.append({"id": ref.id, "name": image.record.get("name"), "size": ref.size,
-                           "cached_bytes": cached, "fetched_bytes": fetched, "path": path})
+                           "cached_bytes": cached, "fetched_bytes": fetched, "path": path,
+                           "profile_replay": replay})
     return {
         "service": service,
         "uptime_s": round(time.monotonic() - started, 1),

@@ -1,0 +1,317 @@
+"""Boot profiles: record what the first boot of an image reads, replay it later.
+
+A **recording** starts at the first read of an image's ``data`` on a mount
+and lasts ``window`` seconds (``--profile-window``, 120 by default), across
+every open of the file: ``qemu-img create -b`` opens and closes the backing
+file before the VM starts, as Nova does, so a close does not end it.  It
+notes the blocks read, each with the time of its first touch, and is saved
+when the window ends or the mount does.  Only reads count: the mount's own
+readahead and a replay do not.
+
+A **profile** is a small JSON file in the profile directory (``--profile-dir``,
+by default ``<cache dir>/profiles``; hosts that share one, over NFS say,
+share their profiles)::
+
+    {"imagefs_profile": 1, "image_id": ..., "version": ..., "size": ...,
+     "window_s": 120, "covered_s": 23.4, "boots": 2,
+     "ranges": [[offset, length, first touch in ms], ...]}
+
+It is keyed by image id and version (the file's name is a hash of both, and
+both are checked when it is read), so it never applies to other bytes.
+``ranges`` are byte ranges in the order of first touch: blocks of any size
+can be cut from them.  A save merges with what the file holds by then (a
+block keeps its earliest first touch) and keeps at most ``MAX_RANGES``
+ranges, the earliest touched, so a profile stays a few KiB.  It is written
+to a temporary file and renamed over the old one; a damaged or foreign
+file is ignored with one warning.
+
+A **replay** starts when a ``data`` file of an image with a profile is
+opened (once per mount and image version): ``BlockReader.warm`` fetches the
+profile's blocks in recorded order, in the background, after readers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import trio
+
+from .blocks import BlockReader, ImageRef
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+#: Ranges a profile keeps at most (the earliest touched).
+MAX_RANGES = 4096
+
+
+@dataclasses.dataclass
+class Profile:
+    image_id: str
+    version: str
+    size: int
+    ranges: list[tuple[int, int, int]]  # (offset, length, first touch in ms), by touch
+    window_s: float = 120.0
+    covered_s: float = 0.0  # the last first touch
+    boots: int = 1
+
+    @property
+    def bytes(self) -> int:
+        return sum(length for _, length, _ in self.ranges)
+
+    def byte_ranges(self) -> Iterator[tuple[int, int]]:
+        """``(start, end)`` in the order of first touch."""
+        for offset, length, _ in self.ranges:
+            yield offset, offset + length
+
+    def to_json(self) -> str:
+        return json.dumps({"imagefs_profile": FORMAT, "image_id": self.image_id,
+                           "version": self.version, "size": self.size,
+                           "window_s": self.window_s, "covered_s": round(self.covered_s, 3),
+                           "boots": self.boots, "ranges": [list(r) for r in self.ranges]},
+                          separators=(",", ":")) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Profile:
+        """Raises ValueError (with the reason) for anything but a profile."""
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("imagefs_profile") != FORMAT:
+            raise ValueError("not an imagefs profile of this version")
+        ranges = doc["ranges"]
+        if not isinstance(ranges, list) or not all(
+                isinstance(r, list) and len(r) == 3 and all(isinstance(x, int) for x in r)
+                and r[0] >= 0 and r[1] > 0 for r in ranges):
+            raise ValueError("its ranges are not [offset, length, ms] triples")
+        return cls(str(doc["image_id"]), str(doc["version"]), int(doc["size"]),
+                   [tuple(r) for r in ranges], float(doc["window_s"]),
+                   float(doc["covered_s"]), int(doc["boots"]))
+
+    @classmethod
+    def of_blocks(cls, image: ImageRef, block_size: int, touched: dict[int, float],
+                  window_s: float) -> Profile:
+        """From block index -> first touch (seconds since the recording began)."""
+        ranges: list[list[int]] = []
+        for index, t in sorted(touched.items(), key=lambda item: (item[1], item[0])):
+            offset = index * block_size
+            length = min(block_size, image.size - offset)
+            if length <= 0:
+                continue
+            last = ranges[-1] if ranges else None
+            if last is not None and last[0] + last[1] == offset:
+                last[1] += length
+            else:
+                ranges.append([offset, length, int(t * 1000)])
+        return cls(image.id, image.version, image.size, [tuple(r) for r in ranges][:MAX_RANGES],
+                   window_s, max(touched.values(), default=0.0))
+
+    def merged(self, other: Profile) -> Profile:
+        """Both profiles' bytes; a byte keeps its earlier first touch."""
+        pieces = sorted(self.ranges + other.ranges, key=lambda r: (r[2], r[0]))
+        covered: list[tuple[int, int]] = []  # sorted, disjoint (start, end)
+        out: list[tuple[int, int, int]] = []
+        for offset, length, t in pieces:
+            for start, end in _subtract((offset, offset + length), covered):
+                out.append((start, end - start, t))
+                _insert(covered, (start, end))
+        out.sort(key=lambda r: (r[2], r[0]))
+        joined: list[list[int]] = []
+        for offset, length, t in out:
+            if joined and joined[-1][0] + joined[-1][1] == offset and joined[-1][2] == t:
+                joined[-1][1] += length
+            else:
+                joined.append([offset, length, t])
+        return Profile(self.image_id, self.version, self.size,
+                       [tuple(r) for r in joined][:MAX_RANGES],
+                       max(self.window_s, other.window_s),
+                       max(self.covered_s, other.covered_s), self.boots + other.boots)
+
+
+def _subtract(piece: tuple[int, int], covered: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    start, end = piece
+    out = []
+    for c_start, c_end in covered:
+        if c_end <= start or c_start >= end:
+            continue
+        if c_start > start:
+            out.append((start, c_start))
+        start = max(start, c_end)
+        if start >= end:
+            break
+    if start < end:
+        out.append((start, end))
+    return out
+
+
+def _insert(covered: list[tuple[int, int]], piece: tuple[int, int]) -> None:
+    covered.append(piece)
+    covered.sort()
+    merged = [covered[0]]
+    for start, end in covered[1:]:
+        if start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    covered[:] = merged
+
+
+class ProfileStore:
+    """Profiles in ``root``, one file per image version.  Blocking: call from threads."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._warned: set[Path] = set()
+
+    def path(self, image_id: str, version: str) -> Path:
+        digest = hashlib.sha256(f"{image_id}:{version}".encode()).hexdigest()[:40]
+        return self.root / f"{digest}.json"
+
+    def load(self, image_id: str, version: str) -> Profile | None:
+        """The image version's profile; None if there is none, or it is damaged
+        (one warning per file)."""
+        path = self.path(image_id, version)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            self._warn(path, getattr(exc, "strerror", None) or str(exc))
+            return None
+        try:
+            profile = Profile.from_json(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            self._warn(path, f"damaged ({exc})")
+            return None
+        if (profile.image_id, profile.version) != (image_id, version):
+            self._warn(path, "it is another image's")
+            return None
+        return profile
+
+    def find(self, image_id: str) -> list[Profile]:
+        """Every profile of the image, whatever its version (for ``profile show``)."""
+        found = []
+        with contextlib.suppress(OSError):
+            for entry in sorted(self.root.glob("*.json")):
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError,
+                                         UnicodeDecodeError):
+                    profile = Profile.from_json(entry.read_text())
+                    if profile.image_id == image_id:
+                        found.append(profile)
+        return found
+
+    def save(self, profile: Profile) -> Profile:
+        """Merge ``profile`` into the stored one and write the result atomically."""
+        old = self.load(profile.image_id, profile.version)
+        if old is not None:
+            profile = old.merged(profile)
+        path = self.path(profile.image_id, profile.version)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".profile.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(profile.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # hosts sharing the directory read each other's
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return profile
+
+    def _warn(self, path: Path, why: str) -> None:
+        if path not in self._warned:
+            self._warned.add(path)
+            log.warning("boot profile %s ignored: %s", path, why)
+
+
+@dataclasses.dataclass
+class _Recording:
+    image: ImageRef
+    started: float  # trio.current_time()
+    touched: dict[int, float] = dataclasses.field(default_factory=dict)
+    saved: bool = False
+
+
+class BootProfiles:
+    """The mount's recordings and replays (on the trio thread)."""
+
+    def __init__(self, store: ProfileStore, blocks: BlockReader, window: float,
+                 nursery: trio.Nursery):
+        self.store, self.blocks, self.window, self.nursery = store, blocks, window, nursery
+        self._recordings: dict[tuple[str, str], _Recording] = {}
+        self._replayed: set[tuple[str, str]] = set()
+        self.replays: dict[str, dict] = {}  # image id -> the last replay's figures
+
+    def opened(self, image: ImageRef) -> None:
+        """A ``data`` file was opened: replay its profile, once per mount."""
+        key = (image.id, image.version)
+        if key not in self._replayed:
+            self._replayed.add(key)
+            self.nursery.start_soon(self._replay, image)
+
+    def on_read(self, image: ImageRef, offset: int, size: int) -> None:
+        if self.window <= 0:
+            return
+        key = (image.id, image.version)
+        rec = self._recordings.get(key)
+        now = trio.current_time()
+        if rec is None:
+            rec = self._recordings[key] = _Recording(image, now)
+            self.nursery.start_soon(self._save_after_window, rec)
+        if rec.saved or size <= 0:
+            return
+        bs = self.blocks.block_size
+        t = now - rec.started
+        for index in range(offset // bs, (min(offset + size, image.size) - 1) // bs + 1):
+            rec.touched.setdefault(index, t)
+
+    async def _save_after_window(self, rec: _Recording) -> None:
+        await trio.sleep(self.window)
+        await trio.to_thread.run_sync(self._save, rec)
+
+    def _save(self, rec: _Recording) -> None:
+        if rec.saved or not rec.touched:
+            return
+        rec.saved = True
+        profile = Profile.of_blocks(rec.image, self.blocks.block_size, dict(rec.touched),
+                                    self.window)
+        try:
+            saved = self.store.save(profile)
+        except OSError as exc:
+            log.warning("image %s: cannot save its boot profile in %s: %s", rec.image.id,
+                        self.store.root, exc.strerror or exc)
+            return
+        log.info("image %s: boot profile saved: %d ranges, %.1f MiB over %.1f s (%d boots)",
+                 rec.image.id, len(saved.ranges), saved.bytes / 2**20, saved.covered_s,
+                 saved.boots)
+
+    def save_all(self) -> None:
+        """Save every recording not saved yet (at unmount; blocking)."""
+        for rec in self._recordings.values():
+            self._save(rec)
+
+    async def _replay(self, image: ImageRef) -> None:
+        profile = await trio.to_thread.run_sync(self.store.load, image.id, image.version)
+        if profile is None:
+            return
+        log.info("image %s: replaying its boot profile: %d ranges, %.1f MiB", image.id,
+                 len(profile.ranges), profile.bytes / 2**20)
+        self.replays[image.id] = {"finished": False}
+
+        def progress(figures: dict) -> None:
+            self.replays[image.id] = {**figures, "finished": False}
+
+        figures = await self.blocks.warm(image, list(profile.byte_ranges()), progress)
+        self.replays[image.id] = {**figures, "finished": True}
+        log.info("image %s: boot profile replayed: %d blocks, %d cached already, %.1f MiB "
+                 "fetched, %d failed", image.id, figures["blocks"], figures["cached"],
+                 figures["fetched"] / 2**20, figures["failed"])
