@@ -96,7 +96,7 @@ class MountConfig:
     record_ttl: float = 30.0            # seconds an image's record is trusted
     fetch_threads: int = 8              # ranged GETs (random reads) in flight at once
     max_readahead: int = 64 * MiB       # the prefetch window's ceiling (0: no prefetch)
-    read_ahead_kb: int = 512            # the kernel's per-mount readahead (0: leave as is)
+    read_ahead_kb: int = 256            # the kernel's per-mount readahead (0: leave as is)
     allow_other: bool = False
     uid: int | None = None              # owner shown for every file (None: the mount's user)
     gid: int | None = None              # group shown for every file (None: the mount's group)

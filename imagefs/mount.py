@@ -78,8 +78,8 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
     p.add_argument("--readahead", default="64M", metavar="SIZE",
                    help="how far the mount fetches ahead of a sequential reader "
                         "(default 64M; 0 turns it off)")
-    p.add_argument("--kernel-readahead", default="512K", metavar="SIZE",
-                   help="the kernel's readahead on the mount (default 512K; 0 leaves the "
+    p.add_argument("--kernel-readahead", default="256K", metavar="SIZE",
+                   help="the kernel's readahead on the mount (default 256K; 0 leaves the "
                         "kernel's own)")
     p.add_argument("--fetch-threads", type=int, default=8, metavar="N",
                    help="ranged reads (random access) in flight at once (default 8)")
