@@ -299,9 +299,21 @@ class BlockReader:
         flight.done.set()
 
     # ---- prefetching ------------------------------------------------------------
-    def prefetch(self, image: ImageRef, start: int, end: int) -> None:
+    def is_cached(self, image: ImageRef, offset: int, size: int) -> bool:
+        """Whether every block of the range is cached or on its way."""
+        bs = self.block_size
+        end = min(offset + size, image.size)
+        for index in range(offset // bs, (end - 1) // bs + 1):
+            key = self.key(image, index)
+            if not (self.cache.in_memory(key) or key in self._flights
+                    or self.cache.on_disk(key)):
+                return False
+        return True
+
+    def prefetch(self, image: ImageRef, start: int, end: int, cached_only: bool = False) -> None:
         """Bring ``[start, end)`` in ahead of a sequential reader: disk runs loaded,
-        and one stream (one that is there or nearly there goes further)."""
+        and one stream (one that is there or nearly there goes further); with
+        ``cached_only``, only the disk runs."""
         end = min(end, image.size)
         if start >= end:
             return
@@ -313,6 +325,8 @@ class BlockReader:
                 first += 1
             elif self.cache.on_disk(key):
                 first += self._load_disk_run(image, first, limit)
+            elif cached_only:
+                first += 1
             elif image.id in self._no_ranges:
                 self._stream_from_start(image)  # it reads to the end anyway
                 return

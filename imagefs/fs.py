@@ -44,6 +44,7 @@ from .context import RequestContext
 from .errors import ImageNotFound
 from .names import by_name
 from .prefetch import Prefetcher
+from .profiles import GUIDED_MISS
 from .records import without_locations
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class _Handle:
     image: ImageRef
     prefetcher: Prefetcher | None = None
     content: bytes | None = None   # metadata.json as it was at open
+    missed: int = 0                # bytes read that a guiding boot profile did not bring
 
 
 class ImageFS:
@@ -362,11 +364,22 @@ class ImageFS:
         if handle.prefetcher is not None:
             start, end = handle.prefetcher.on_read(offset, size)
             if end > start:
-                self.blocks.prefetch(handle.image, start, end)
+                self.blocks.prefetch(handle.image, start, end,
+                                     cached_only=self._guided(handle, offset, size))
         data = await self.blocks.read(handle.image, offset, size)
         self.reads["requests"] += 1
         self.reads["bytes"] += len(data)
         return data
+
+    def _guided(self, handle: _Handle, offset: int, size: int) -> bool:
+        """Whether the image's boot profile stands in for the mount's readahead for
+        this read: while it is replayed, and until the reader has missed
+        ``GUIDED_MISS`` bytes that it did not bring (then it reads something else)."""
+        if self.profiles is None or not self.profiles.guides(handle.image):
+            return False
+        if not self.blocks.is_cached(handle.image, offset, size):
+            handle.missed += size
+        return handle.missed < GUIDED_MISS
 
     def release(self, fh: int) -> None:
         self._handles.pop(fh, None)

@@ -80,10 +80,11 @@ def overlay(backing: Path, fmt: str, path: Path) -> Path:
 
 
 def boot(disk: Path, workdir: Path, *, accel: str, fmt: str = "qcow2",
-         timeout: float = BOOT_TIMEOUT) -> Boot:
+         timeout: float = BOOT_TIMEOUT, on_marker=None) -> Boot:
     """Boot ``disk`` (format ``fmt``; give it an overlay: the guest writes) under ``accel``.
 
-    qemu's console, trace and messages go to files in ``workdir``.
+    qemu's console, trace and messages go to files in ``workdir``; ``on_marker()``
+    is called when the marker appears (before the guest has powered off).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     console, trace, stderr = (workdir / n for n in ("console.txt", "trace.txt", "qemu.txt"))
@@ -99,6 +100,8 @@ def boot(disk: Path, workdir: Path, *, accel: str, fmt: str = "qcow2",
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         try:
             seconds = _wait_for_marker(proc, console, err, start, timeout)
+            if on_marker is not None:
+                on_marker()
             try:
                 proc.wait(_POWER_OFF_TIMEOUT)
             except subprocess.TimeoutExpired:
