@@ -340,7 +340,10 @@ class ImageFS:
         # A window over half the memory tier would evict blocks before they are read.
         window = min(self.config.max_readahead, self.config.memory_cache // 2)
         prefetcher = Prefetcher(self.config.block_size, window) if window else None
-        self._handles[fh] = _Handle(image.ref, prefetcher)
+        ref = image.ref
+        self._handles[fh] = _Handle(ref, prefetcher)
+        self.blocks.describe(ref, image.record)
+        self.blocks.hold(ref)  # released by release(): an image in use keeps its blocks
         return fh, True
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -359,4 +362,6 @@ class ImageFS:
         return data
 
     def release(self, fh: int) -> None:
-        self._handles.pop(fh, None)
+        handle = self._handles.pop(fh, None)
+        if handle is not None and handle.content is None:  # a data file's
+            self.blocks.unhold(handle.image)

@@ -621,6 +621,18 @@ def test_eviction_takes_another_images_groups_before_a_held_images(tmp_path):
     assert group(0, "a") not in disk and group(1, "a") in disk
 
 
+def test_an_image_being_read_evicts_its_own_older_groups_before_another_open_images(
+        tmp_path):
+    disk = DiskCache(tmp_path / "c", one_group_bound(tmp_path, 3))
+    disk.hold(group(0, "a"))  # open, and idle
+    disk.hold(group(0, "b"))  # open, and being read through the cache
+    disk.store(group(0, "a"), b"a" * 1000)
+    for g in range(4):
+        disk.store(group(g, "b"), b"b" * 1000)
+    assert group(0, "a") in disk
+    assert [g for g in range(4) if group(g, "b") in disk] == [2, 3]
+
+
 def test_a_held_image_loses_its_oldest_groups_when_nothing_else_is_left(tmp_path):
     disk = DiskCache(tmp_path / "c", one_group_bound(tmp_path, 3))
     disk.hold(group(0, "a"))

@@ -352,3 +352,49 @@ def test_by_name_follows_to_the_newest_image_of_a_name(mount, images, glance_cle
     assert (link / "data").read_bytes() == b"newer bytes"
     assert f"named-{tag}" in os.listdir(m.path / "by-name")
     assert "by-name" in os.listdir(m.path)
+
+
+def cached_by_image(cache_dir: Path) -> dict[str, int]:
+    """Bytes of blocks in the cache directory by image id, read from its files."""
+    from imagefs.cache.disk import DiskCache
+    from imagefs.cache.inventory import read_cache
+
+    return {i.id: i.cached_bytes for i in read_cache(cache_dir / "blocks", DiskCache._slots_in)}
+
+
+def settled(cache_dir: Path) -> dict[str, int]:
+    """``cached_by_image`` once the writer threads are done (no change for a second)."""
+    last, since = None, time.monotonic()
+    while time.monotonic() - since < 1.0:
+        now = cached_by_image(cache_dir)
+        if now != last:
+            last, since = now, time.monotonic()
+        time.sleep(0.1)
+    return last
+
+
+def test_an_open_file_keeps_its_images_blocks_while_reading_another_evicts(
+        mount, images, tmp_path, tag):
+    api = images["api"]
+    sizes = {"held": 20 * MiB, "other": 40 * MiB, "third": 24 * MiB}
+    data = {k: random_bytes(n) for k, n in sizes.items()}
+    ids = {k: make_image(api, ALICE, tag, data=d)["id"] for k, d in data.items()}
+    cache = tmp_path / "small-cache"
+    m = mount(cache_dir=cache, extra=("--cache-size", "40M", "--cache-min-free", "0"))
+    fd = os.open(m.image(ids["held"]) / "data", os.O_RDONLY)
+    try:
+        assert os.pread(fd, sizes["held"], 0) == data["held"]
+        assert settled(cache).get(ids["held"]) == sizes["held"]
+        # 60 MiB through a 40 MiB cache: the other image evicts its own older groups.
+        assert (m.image(ids["other"]) / "data").read_bytes() == data["other"]
+        held = settled(cache)
+        print(f"\nwhile open: {held}")
+        assert held[ids["held"]] == sizes["held"]
+        assert sum(held.values()) <= 40 * MiB
+    finally:
+        os.close(fd)
+    # Closed: its groups are the least recently used, and go first.
+    assert (m.image(ids["third"]) / "data").read_bytes() == data["third"]
+    after = settled(cache)
+    print(f"after close: {after}")
+    assert after.get(ids["held"], 0) < sizes["held"]

@@ -43,13 +43,19 @@ written when the directory is created, and again at the next store when
 Eviction removes whole groups, least recently used first, but not blindly:
 an image in use (``hold``, counted per open ``data`` file) keeps its groups
 while any other image's could go instead, and the groups of an image's
-``keep_last`` blocks (a boot profile's, say) go after its others.  Groups
-are taken in this order, each rank least recently used first:
+``keep_last`` blocks (a boot profile's, say) go after its others.  The image
+whose store makes room counts as not held for that eviction: a reader
+streaming an image through a cache too small for it evicts its own older
+groups, not those of another image that is open (and idle) meanwhile.
+Groups are taken in this order, each rank least recently used first:
 
     1. images not held, groups without keep-last blocks
     2. images not held, groups with keep-last blocks
     3. held images, groups without keep-last blocks
     4. held images, groups with keep-last blocks
+
+So while held images fill the bound, a store of another image evicts that
+image's own block again at once: the held images keep theirs.
 
 ``evict_dirs`` (``imagefs cache evict`` and ``purge``) removes whole image
 directories whatever holds them: the operator asked.  A store under way
@@ -517,9 +523,11 @@ class DiskCache:
             else:
                 self._last.pop(_image_dir(key), None)
 
-    def _rank(self, where: tuple[str, int]) -> int:
-        """Eviction order (see the module docstring): lower goes first.  Under the lock."""
-        return 2 * (where[0] in self._held) + (where[1] in self._last.get(where[0], ()))
+    def _rank(self, where: tuple[str, int], storing: str | None) -> int:
+        """Eviction order (see the module docstring) when a store of image directory
+        ``storing`` makes room: lower goes first.  Under the lock."""
+        held = where[0] in self._held and where[0] != storing
+        return 2 * held + (where[1] in self._last.get(where[0], ()))
 
     # ---- writing --------------------------------------------------------------
     def store(self, key: BlockKey, data: bytes) -> None:
@@ -560,7 +568,7 @@ class DiskCache:
             if slot not in group.slots:
                 group.slots.add(slot)
                 self._bytes += bs
-        self._evict()
+        self._evict(storing=where[0])
 
     def _write_slot(self, key: BlockKey, where: tuple[str, int], path: Path, data: bytes,
                     header: bytes, offset: int, block_size: int) -> None:
@@ -672,23 +680,27 @@ class DiskCache:
         self._writers = []
 
     # ---- the bounds -----------------------------------------------------------------
-    def _evict(self) -> None:
+    def _evict(self, storing: str | None = None) -> None:
         with self._evicting:
             victims = []
             with self._lock:
                 while self._bytes > self.max_bytes and self._groups:
-                    victims.append(self._pop_oldest())
+                    victims.append(self._pop_oldest(storing=storing))
             self._remove_groups(victims)
 
-    def _pop_oldest(self, keep: tuple[str, int] | None = None) -> tuple[str, int] | None:
+    def _pop_oldest(self, keep: tuple[str, int] | None = None,
+                    storing: str | None = None) -> tuple[str, int] | None:
         """Out of the index: the group other than ``keep`` to evict first, the least
-        recently used of the lowest rank (``_rank``); None if there is none.  Under both
-        locks: the caller removes its file before it lets go of ``_evicting``."""
+        recently used of the lowest rank (``_rank``, for a store of image directory
+        ``storing``; ``keep``'s when given); None if there is none.  Under both locks:
+        the caller removes its file before it lets go of ``_evicting``."""
+        if keep is not None:
+            storing = keep[0]
         where, best = None, 4
         for w in self._groups:
             if w == keep:
                 continue
-            rank = self._rank(w) if self._held or self._last else 0
+            rank = self._rank(w, storing) if self._held or self._last else 0
             if rank < best:
                 where, best = w, rank
                 if rank == 0:
