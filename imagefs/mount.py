@@ -34,7 +34,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import control, metrics
+from . import cachectl, control, metrics
 from .blocks import BlockReader
 from .cache import DiskCache, MemoryCache, TieredCache
 from .cache.directory import claim
@@ -320,9 +320,12 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
             started = time.monotonic()
 
             async def handle(request: dict) -> dict:
-                if request.get("op") == "status":
+                op = request.get("op")
+                if op == "status":
                     return snapshot(fs, blocks, memory, disk, service, started)
-                return {"error": f"unknown request {request.get('op')!r}"}
+                if isinstance(op, str) and op.startswith("cache-"):
+                    return await cachectl.answer(request, memory, disk)
+                return {"error": f"unknown request {op!r}"}
             await nursery.start(control.serve, config.cache_dir, mountpoint, handle)
             try:
                 nursery.start_soon(_when_mounted, mountpoint, config, ready)
