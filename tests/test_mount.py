@@ -398,3 +398,25 @@ def test_an_open_file_keeps_its_images_blocks_while_reading_another_evicts(
     after = settled(cache)
     print(f"after close: {after}")
     assert after.get(ids["held"], 0) < sizes["held"]
+
+
+def test_purge_on_unmount_removes_the_blocks_of_images_that_are_not_public(
+        mount, images, tmp_path):
+    from imagefs.cache.disk import DiskCache
+    from imagefs.cache.inventory import read_cache
+
+    cache = tmp_path / "purged-cache"
+    m = mount(cache_dir=cache, extra=("--purge-on-unmount",))
+    source = images["raw_path"].read_bytes()
+    private, public = images["raw"], images["public"]  # alice's own, and admin's public
+    for image in (private, public):
+        assert (m.image(image) / "data").read_bytes() == source
+    record = images["api"].get(ALICE, private)
+    assert record["visibility"] != "public"
+    assert set(cached_by_image(cache)) == {private, public}
+    assert m.unmount() == 0, m.output()
+    left = read_cache(cache / "blocks", DiskCache._slots_in)
+    assert [(i.id, i.visibility) for i in left] == [(public, "public")]
+    assert left[0].cached_bytes == len(source) + (-len(source)) % MiB  # whole blocks
+    assert "--purge-on-unmount: removed the blocks of 1 image that is not public" \
+        in m.output()
