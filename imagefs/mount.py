@@ -49,6 +49,7 @@ from .connect import (NO_SERVICE, add_direct_arguments, describe, direct_from_ar
 from .errors import ConfigError, ImagefsError
 from .fs import ImageFS
 from .fuse_ops import FuseOps
+from .logflood import CollapseRepeats
 from .malloc import keep_freed_memory
 from .mountpoint import prepare as prepare_mountpoint
 from .notify import notify
@@ -300,6 +301,8 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
     """Mount and serve until unmounted or signalled; 0 after a clean unmount.
     ``purge_on_unmount``: then remove the blocks of every image that is not public."""
     faulthandler.enable()
+    # Installed here, on the handlers of either mode (foreground or daemon).
+    floods = CollapseRepeats().install(logging.getLogger().handlers)
     keep_freed_memory(config.block_size, config.memory_cache)
     options = set(pyfuse3.default_options) | {"fsname=imagefs", "subtype=imagefs", "ro"}
     if config.allow_other:
@@ -372,6 +375,7 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
             if purge_on_unmount:  # after close: nothing queued lands afterwards
                 _purge_not_public(disk, visibility)
         chooser.close()
+        floods.remove()
     log.info("unmounted %s", mountpoint)
     return 0
 
