@@ -86,8 +86,8 @@ async def answer(request: dict, memory, disk) -> dict:
         victims = disk.all_dirs() if disk is not None else []
     else:
         return {"error": f"unknown request {op!r}"}
-    held = {i.dir: i for i in disk.images()} if disk is not None else {}
-    entries = [_entry(held.get(d) or CachedImage(d, **(disk.about(d) if disk else {})))
+    cached = {i.dir: i for i in disk.images()} if disk is not None else {}
+    entries = [_entry(cached.get(d) or CachedImage(d, **(disk.about(d) if disk else {})))
                for d in victims]
     if ids is None:
         memory.clear()
