@@ -121,6 +121,23 @@ class BlockReader:
     def key(self, image: ImageRef, index: int) -> BlockKey:
         return BlockKey(image.id, image.version, self.block_size, index)
 
+    def hold(self, image: ImageRef) -> None:
+        """A ``data`` file of the image is open: the disk tier keeps its blocks while it
+        can evict others (one ``unhold`` per ``hold``)."""
+        self.cache.hold(self.key(image, 0))
+
+    def unhold(self, image: ImageRef) -> None:
+        self.cache.unhold(self.key(image, 0))
+
+    def describe(self, image: ImageRef, record: dict) -> None:
+        """The image's name and visibility, for the disk tier's index of what it holds."""
+        self.cache.describe(self.key(image, 0), name=record.get("name"), size=image.size,
+                            visibility=record.get("visibility"))
+
+    def keep_last(self, image: ImageRef, indices) -> None:
+        """Blocks of the image (a boot profile's) the disk tier evicts after its others."""
+        self.cache.keep_last(self.key(image, 0), indices)
+
     def block_length(self, image: ImageRef, index: int) -> int:
         return max(0, min(self.block_size, image.size - index * self.block_size))
 

@@ -188,6 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
     prewarm.add_arguments(top, fmt)
     profile_cmd.add_arguments(top, fmt)
 
+    cache = top.add_parser("cache", help="which images the disk cache holds; remove them")
+    sub = cache.add_subparsers(dest="action", metavar="ACTION", required=True)
+    where = argparse.ArgumentParser(add_help=False)
+    g = where.add_mutually_exclusive_group()
+    g.add_argument("--cache-dir", metavar="DIR", help="the cache directory (default "
+                   "$XDG_CACHE_HOME/imagefs); through its mount if one holds it")
+    g.add_argument("--mount", metavar="MOUNTPOINT", help="through the mount at MOUNTPOINT")
+    where.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    where.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    sub.add_parser("list", parents=[where, fmt], help="the images cached, and how much of each")
+    p = sub.add_parser("evict", parents=[where, fmt],
+                       help="remove images' blocks (all or none: an unknown id fails)")
+    p.add_argument("ids", metavar="ID", nargs="+", help="image id")
+    sub.add_parser("purge", parents=[where, fmt], help="remove every image's blocks")
+    cache.set_defaults(run=run_cache)
+
     _add_mount_commands(top, svc)
     return parser
 
@@ -385,6 +401,35 @@ def run_status(args) -> int:
                   i["path"]) for i in status["images"]],
                 ("ID", "Name", "Size", "Cached", "Fetched", "Path"))
     return 0
+
+
+def run_cache(args) -> int:
+    from pathlib import Path
+
+    from .cachectl import run
+    from .config import default_cache_dir
+
+    mountpoint = Path(args.mount).absolute() if args.mount else None
+    cache_dir = None if mountpoint else Path(args.cache_dir or default_cache_dir()).absolute()
+    reply = run(args.action, getattr(args, "ids", []), cache_dir, mountpoint)
+    if args.format == "json":
+        print(json.dumps(reply.get("images", reply.get("evicted")), indent=2, sort_keys=True))
+    elif args.action == "list":
+        print_table([(i["id"] or "-", i["name"] or "-", _short(i["version"]),
+                      "-" if i["size"] is None else i["size"], i["cached_bytes"])
+                     for i in reply["images"]], ("ID", "Name", "Version", "Size", "Cached"))
+    else:
+        for e in reply["evicted"]:
+            print(f"evicted {e['id'] or e['dir']} ({e['name'] or '-'}): "
+                  f"{human(e['freed_bytes'])}")
+    return 0
+
+
+def _short(version: str | None) -> str:
+    """A version (a sha512 is 128 digits) short enough for a table."""
+    if not version:
+        return "-"
+    return version if len(version) <= 16 else version[:12] + "…"
 
 
 _IMAGE_ACTIONS = {"list": _list, "show": _show, "create": _create, "update": _update,

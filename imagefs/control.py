@@ -1,8 +1,10 @@
-"""The running mount's control socket: ``imagefs status`` asks the daemon.
+"""The running mount's control socket: ``imagefs status`` and ``cache`` ask the daemon.
 
 The daemon listens on ``<cache dir>/control.sock`` (0600: only the mount's
 user, and root, may ask).  A request is one line of JSON, ``{"op": ...}``;
 the answer is one line of JSON, with ``"error"`` when the request failed.
+The ops: ``status`` (``imagefs.status``); ``cache-list``, ``cache-evict``
+with ``"ids"``, and ``cache-purge`` (``imagefs.cachectl``).
 So that a mount point is enough to find its daemon, the daemon also links
 the socket from a registry, ``/run/imagefs`` for root (else
 ``$XDG_RUNTIME_DIR/imagefs``, else ``/tmp/imagefs-<uid>``), under a name

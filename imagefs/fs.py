@@ -349,6 +349,8 @@ class ImageFS:
         prefetcher = Prefetcher(self.config.block_size, window) if window else None
         ref = image.ref
         self._handles[fh] = _Handle(ref, prefetcher)
+        self.blocks.describe(ref, image.record)
+        self.blocks.hold(ref)  # released by release(): an image in use keeps its blocks
         if self.profiles is not None:
             self.profiles.opened(ref)
         return fh, True
@@ -382,4 +384,6 @@ class ImageFS:
         return handle.missed < GUIDED_MISS
 
     def release(self, fh: int) -> None:
-        self._handles.pop(fh, None)
+        handle = self._handles.pop(fh, None)
+        if handle is not None and handle.content is None:  # a data file's
+            self.blocks.unhold(handle.image)

@@ -13,6 +13,10 @@ One mount per cache directory: the daemon holds an exclusive ``flock`` on
 directory is refused with the first one's pid.  The directory is claimed
 first (``imagefs.cache.directory``): a directory that is not an imagefs
 cache is refused before anything is created in it.
+
+``--purge-on-unmount``: once the last queued block is written, the blocks
+of every image that is not public leave the disk cache, for hosts where
+nothing private may outlive the mount that read it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import control, metrics
+from . import cachectl, control, metrics
 from .blocks import BlockReader
 from .cache import DiskCache, MemoryCache, TieredCache
 from .cache.directory import claim
@@ -45,6 +49,7 @@ from .connect import (NO_SERVICE, add_direct_arguments, describe, direct_from_ar
 from .errors import ConfigError, ImagefsError
 from .fs import ImageFS
 from .fuse_ops import FuseOps
+from .logflood import CollapseRepeats
 from .malloc import keep_freed_memory
 from .mountpoint import prepare as prepare_mountpoint
 from .notify import notify
@@ -107,6 +112,10 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
                    help="serve Prometheus metrics at http://ADDR:PORT/metrics (default off)")
     p.add_argument("--log", metavar="FILE",
                    help="log file when in the background (default <cache dir>/imagefs.log)")
+    p.add_argument("--purge-on-unmount", action="store_true",
+                   help="at unmount, remove from the disk cache the blocks of every image "
+                        "that is not public (private, shared, community, or of unknown "
+                        "visibility); public images' stay")
     add_direct_arguments(p)
     p.set_defaults(run=run_mount)
 
@@ -232,7 +241,8 @@ def run_mount(args) -> int:
         print(f"imagefs: {what}", file=sys.stderr)
     if args.foreground:
         _write_pid(config.cache_dir)
-        return serve(api, ctx, config, direct, mountpoint, None, describe(opts), args.metrics)
+        return serve(api, ctx, config, direct, mountpoint, None, describe(opts), args.metrics,
+                     args.purge_on_unmount)
     log_file = Path(args.log) if args.log else config.cache_dir / "imagefs.log"
     try:  # fail here, with the reason, rather than in the daemon
         os.close(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
@@ -240,7 +250,8 @@ def run_mount(args) -> int:
         raise ConfigError(f"cannot open the log file {log_file}: {exc.strerror}; "
                           "give another with --log") from None
     return _daemonize(lambda ready: serve(api, ctx, config, direct, mountpoint, ready,
-                                          describe(opts), args.metrics),
+                                          describe(opts), args.metrics,
+                                          args.purge_on_unmount),
                       config.cache_dir, log_file)
 
 
@@ -297,9 +308,13 @@ def _daemonize(run, cache_dir: Path, log_file: Path) -> int:
 
 
 def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path,
-          ready, service: str = "", metrics_address: str | None = None) -> int:
-    """Mount and serve until unmounted or signalled; 0 after a clean unmount."""
+          ready, service: str = "", metrics_address: str | None = None,
+          purge_on_unmount: bool = False) -> int:
+    """Mount and serve until unmounted or signalled; 0 after a clean unmount.
+    ``purge_on_unmount``: then remove the blocks of every image that is not public."""
     faulthandler.enable()
+    # Installed here, on the handlers of either mode (foreground or daemon).
+    floods = CollapseRepeats().install(logging.getLogger().handlers)
     keep_freed_memory(config.block_size, config.memory_cache)
     options = set(pyfuse3.default_options) | {"fsname=imagefs", "subtype=imagefs", "ro"}
     if config.allow_other:
@@ -337,11 +352,14 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
             started = time.monotonic()
 
             async def handle(request: dict) -> dict:
-                if request.get("op") == "status":
+                op = request.get("op")
+                if op == "status":
                     return snapshot(fs, blocks, memory, disk, service, started)
-                if request.get("op") in Warmer.OPS:
+                if op in Warmer.OPS:
                     return await warmer.handle(request)
-                return {"error": f"unknown request {request.get('op')!r}"}
+                if isinstance(op, str) and op.startswith("cache-"):
+                    return await cachectl.answer(request, memory, disk)
+                return {"error": f"unknown request {op!r}"}
             await nursery.start(control.serve, config.cache_dir, mountpoint, handle)
             try:
                 nursery.start_soon(_when_mounted, mountpoint, config, ready)
@@ -360,7 +378,10 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
             log.info("served %d reads (%d bytes); blocks: %s; API calls: %s", fs.reads["requests"],
                      fs.reads["bytes"], blocks.stats, fs.api_calls)
             blocks.close()
+            # The mount's latest word on each image, over what the indexes recorded.
+            visibility.update({i.id: i.record.get("visibility") for i in fs.known_images()})
 
+    visibility: dict[str, str | None] = {}
     try:
         try:
             trio.run(main)
@@ -372,9 +393,28 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
     finally:
         if disk is not None:
             disk.close()  # blocks still queued for the disk tier
+            if purge_on_unmount:  # after close: nothing queued lands afterwards
+                _purge_not_public(disk, visibility)
         chooser.close()
+        floods.remove()
     log.info("unmounted %s", mountpoint)
     return 0
+
+
+def _purge_not_public(disk: DiskCache, visibility: dict[str, str | None]) -> None:
+    """Remove the image directories of every image that is not public: by the mount's
+    record where it has one, else by the directory's index.  A directory whose image
+    is unknown (no index, no visibility recorded) goes too: nothing says it may stay."""
+    victims = []
+    for image_dir in disk.all_dirs():
+        about = disk.about(image_dir)
+        seen = visibility.get(about.get("id"), about.get("visibility"))
+        if seen != "public":
+            victims.append(image_dir)
+    freed = disk.evict_dirs(victims)
+    log.info("--purge-on-unmount: removed the blocks of %d image%s that %s not public "
+             "(%.1f MiB)", len(victims), "" if len(victims) == 1 else "s",
+             "is" if len(victims) == 1 else "are", freed / 2**20)
 
 
 async def _watch_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -27,7 +27,8 @@ file is ignored with one warning.
 
 A **replay** starts when a ``data`` file of an image with a profile is
 opened (once per mount and image version): ``BlockReader.warm`` fetches the
-profile's blocks in recorded order, in the background, after readers.
+profile's blocks in recorded order, in the background, after readers, and
+the disk tier is told to evict them after the image's other blocks.
 For the recording window after that, the profile is the boot's readahead:
 the mount's own readahead only loads what is cached (its windows past the
 ends of the guest's files fetched 3.9 MB the profile did not need, 3% of a
@@ -322,6 +323,9 @@ class BootProfiles:
             return
         self._guided_until[(image.id, image.version)] = \
             trio.current_time() + (self.window or GUIDE_S)
+        bs = self.blocks.block_size
+        self.blocks.keep_last(image, {i for start, end in profile.byte_ranges()
+                                      for i in range(start // bs, (end - 1) // bs + 1)})
         log.info("image %s: replaying its boot profile: %d ranges, %.1f MiB", image.id,
                  len(profile.ranges), profile.bytes / 2**20)
         self.replays[image.id] = {"finished": False}

@@ -131,7 +131,8 @@ def test_disk_tier_evicts_least_recently_used_groups(tmp_path):
     assert block(1) not in disk and disk.load(block(1)) is None
     assert disk.load(block(0)) is not None and disk.load(block(3)) is not None
     assert disk.bytes_used <= disk.max_bytes
-    files = [p for p in (tmp_path / "c" / "blocks").rglob("*") if p.is_file()]
+    files = [p for p in (tmp_path / "c" / "blocks").rglob("*")
+             if p.is_file() and p.name != "image.json"]  # group files, not the index
     assert len(files) == 3
     # Recency survives a remount (files' mtimes): the oldest group goes first.
     os.utime(disk.path(block(3)), (1, 1))
@@ -573,3 +574,124 @@ def test_queued_blocks_that_continue_each_other_are_written_together_and_read_ba
     cache.close()
     reopened = DiskCache(tmp_path / "c", 1 << 30)
     assert reopened.load(key(GROUP_BLOCKS + 3)) == blocks[key(GROUP_BLOCKS + 3)]
+
+
+# ---- which images a cache holds: the index of each image directory ---------------------
+def test_an_image_directory_has_an_index_naming_its_image_and_survives_reopen(tmp_path):
+    import json
+
+    disk = DiskCache(tmp_path / "c", 1 << 20)
+    disk.describe(key(0, image="a"), name="alpine", size=3000, visibility="private")
+    disk.store(key(0, image="a"), b"a" * 1000)
+    disk.store(key(0, image="b"), b"b" * 1000)  # never described: id, version, block size
+    index = json.loads((disk.path(key(0, image="a")).parent / "image.json").read_text())
+    assert index == {"id": "a", "version": "v1", "block_size": 64 * 1024, "name": "alpine",
+                     "size": 3000, "visibility": "private"}
+    again = DiskCache(tmp_path / "c", 1 << 20)
+    images = {i.id: i for i in again.images()}
+    assert images["a"].name == "alpine" and images["a"].cached_bytes == 64 * 1024
+    assert images["b"].name is None and images["b"].version == "v1"
+    assert again.dirs_of("a") == [disk.image_dir(key(0, image="a"))]
+
+
+def test_describing_an_image_later_rewrites_its_index_at_the_next_store(tmp_path):
+    import json
+
+    disk = DiskCache(tmp_path / "c", 1 << 20)
+    disk.store(key(0), b"a" * 1000)
+    index = disk.path(key(0)).parent / "image.json"
+    assert json.loads(index.read_text())["name"] is None
+    disk.describe(key(0), name="named", size=10)
+    disk.store(key(1), b"b" * 1000)
+    assert json.loads(index.read_text())["name"] == "named"
+
+
+def test_evict_dirs_removes_an_image_whole_and_a_later_store_makes_it_again(tmp_path):
+    disk = DiskCache(tmp_path / "c", 1 << 20)
+    for i in (0, GROUP_BLOCKS):
+        disk.store(key(i, image="a"), b"a" * 1000)
+        disk.store(key(i, image="b"), b"b" * 1000)
+    a_dir = disk.path(key(0, image="a")).parent
+    before = disk.bytes_used
+    assert disk.evict_dirs(disk.dirs_of("a")) == 2 * 64 * 1024
+    assert not a_dir.exists() and disk.bytes_used == before - 2 * 64 * 1024
+    assert key(0, image="a") not in disk and disk.load(key(0, image="a")) is None
+    assert disk.load(key(GROUP_BLOCKS, image="b")) == b"b" * 1000
+    assert disk.dirs_of("a") == []
+    disk.store(key(0, image="a"), b"A" * 1000)
+    assert (a_dir / "image.json").is_file() and disk.load(key(0, image="a")) == b"A" * 1000
+
+
+# ---- what is in use: held images, keep-last blocks --------------------------------------
+def one_group_bound(tmp_path, groups: int) -> int:
+    """The bound that holds ``groups`` groups of one 1000-byte block each."""
+    probe = DiskCache(tmp_path / "probe", 1 << 20)
+    probe.store(key(0), b"x" * 1000)
+    return groups * probe.bytes_used
+
+
+def group(g: int, image: str) -> BlockKey:
+    return key(g * GROUP_BLOCKS, image=image)
+
+
+def test_eviction_takes_another_images_groups_before_a_held_images(tmp_path):
+    disk = DiskCache(tmp_path / "c", one_group_bound(tmp_path, 3))
+    disk.store(group(0, "a"), b"a" * 1000)  # the least recently used of all
+    disk.store(group(1, "a"), b"a" * 1000)
+    disk.hold(group(0, "a"))
+    disk.hold(group(5, "a"))  # any block names the image: counted twice now
+    disk.store(group(0, "b"), b"b" * 1000)
+    disk.store(group(1, "b"), b"b" * 1000)  # over the bound: b's own older group goes
+    assert group(0, "a") in disk and group(1, "a") in disk
+    assert group(0, "b") not in disk and group(1, "b") in disk
+    disk.unhold(group(0, "a"))  # one open left: still held
+    disk.store(group(2, "b"), b"b" * 1000)
+    assert group(0, "a") in disk and group(1, "a") in disk and group(1, "b") not in disk
+    disk.unhold(group(0, "a"))  # closed: plain recency again, a's oldest goes first
+    disk.store(group(3, "b"), b"b" * 1000)
+    assert group(0, "a") not in disk and group(1, "a") in disk
+
+
+def test_an_image_being_read_evicts_its_own_older_groups_before_another_open_images(
+        tmp_path):
+    disk = DiskCache(tmp_path / "c", one_group_bound(tmp_path, 3))
+    disk.hold(group(0, "a"))  # open, and idle
+    disk.hold(group(0, "b"))  # open, and being read through the cache
+    disk.store(group(0, "a"), b"a" * 1000)
+    for g in range(4):
+        disk.store(group(g, "b"), b"b" * 1000)
+    assert group(0, "a") in disk
+    assert [g for g in range(4) if group(g, "b") in disk] == [2, 3]
+
+
+def test_a_held_image_loses_its_oldest_groups_when_nothing_else_is_left(tmp_path):
+    disk = DiskCache(tmp_path / "c", one_group_bound(tmp_path, 3))
+    disk.hold(group(0, "a"))
+    for g in range(4):
+        disk.store(group(g, "a"), b"a" * 1000)
+    assert [g for g in range(4) if group(g, "a") in disk] == [1, 2, 3]
+    assert disk.bytes_used <= disk.max_bytes
+
+
+def test_keep_last_blocks_go_after_the_rest_of_a_held_image(tmp_path):
+    disk = DiskCache(tmp_path / "c", one_group_bound(tmp_path, 3))
+    disk.hold(group(0, "a"))
+    disk.keep_last(group(0, "a"), [0, 3])  # both in group 0 (a boot profile's blocks)
+    for g in range(3):
+        disk.store(group(g, "a"), b"a" * 1000)
+    disk.store(group(3, "a"), b"a" * 1000)
+    disk.store(group(4, "a"), b"a" * 1000)
+    assert [g for g in range(5) if group(g, "a") in disk] == [0, 3, 4]
+    disk.keep_last(group(0, "a"), [])  # cleared: recency again
+    disk.store(group(5, "a"), b"a" * 1000)
+    assert group(0, "a") not in disk
+
+
+def test_an_unheld_images_keep_last_groups_go_after_its_other_unheld_groups(tmp_path):
+    disk = DiskCache(tmp_path / "c", one_group_bound(tmp_path, 3))
+    disk.keep_last(group(0, "a"), [1])
+    disk.store(group(0, "a"), b"a" * 1000)
+    disk.store(group(1, "a"), b"a" * 1000)
+    disk.store(group(0, "b"), b"b" * 1000)
+    disk.store(group(1, "b"), b"b" * 1000)
+    assert group(0, "a") in disk and group(1, "a") not in disk

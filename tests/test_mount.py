@@ -352,3 +352,71 @@ def test_by_name_follows_to_the_newest_image_of_a_name(mount, images, glance_cle
     assert (link / "data").read_bytes() == b"newer bytes"
     assert f"named-{tag}" in os.listdir(m.path / "by-name")
     assert "by-name" in os.listdir(m.path)
+
+
+def cached_by_image(cache_dir: Path) -> dict[str, int]:
+    """Bytes of blocks in the cache directory by image id, read from its files."""
+    from imagefs.cache.disk import DiskCache
+    from imagefs.cache.inventory import read_cache
+
+    return {i.id: i.cached_bytes for i in read_cache(cache_dir / "blocks", DiskCache._slots_in)}
+
+
+def settled(cache_dir: Path) -> dict[str, int]:
+    """``cached_by_image`` once the writer threads are done (no change for a second)."""
+    last, since = None, time.monotonic()
+    while time.monotonic() - since < 1.0:
+        now = cached_by_image(cache_dir)
+        if now != last:
+            last, since = now, time.monotonic()
+        time.sleep(0.1)
+    return last
+
+
+def test_an_open_file_keeps_its_images_blocks_while_reading_another_evicts(
+        mount, images, tmp_path, tag):
+    api = images["api"]
+    sizes = {"held": 20 * MiB, "other": 40 * MiB, "third": 24 * MiB}
+    data = {k: random_bytes(n) for k, n in sizes.items()}
+    ids = {k: make_image(api, ALICE, tag, data=d)["id"] for k, d in data.items()}
+    cache = tmp_path / "small-cache"
+    m = mount(cache_dir=cache, extra=("--cache-size", "40M", "--cache-min-free", "0"))
+    fd = os.open(m.image(ids["held"]) / "data", os.O_RDONLY)
+    try:
+        assert os.pread(fd, sizes["held"], 0) == data["held"]
+        assert settled(cache).get(ids["held"]) == sizes["held"]
+        # 60 MiB through a 40 MiB cache: the other image evicts its own older groups.
+        assert (m.image(ids["other"]) / "data").read_bytes() == data["other"]
+        held = settled(cache)
+        print(f"\nwhile open: {held}")
+        assert held[ids["held"]] == sizes["held"]
+        assert sum(held.values()) <= 40 * MiB
+    finally:
+        os.close(fd)
+    # Closed: its groups are the least recently used, and go first.
+    assert (m.image(ids["third"]) / "data").read_bytes() == data["third"]
+    after = settled(cache)
+    print(f"after close: {after}")
+    assert after.get(ids["held"], 0) < sizes["held"]
+
+
+def test_purge_on_unmount_removes_the_blocks_of_images_that_are_not_public(
+        mount, images, tmp_path):
+    from imagefs.cache.disk import DiskCache
+    from imagefs.cache.inventory import read_cache
+
+    cache = tmp_path / "purged-cache"
+    m = mount(cache_dir=cache, extra=("--purge-on-unmount",))
+    source = images["raw_path"].read_bytes()
+    private, public = images["raw"], images["public"]  # alice's own, and admin's public
+    for image in (private, public):
+        assert (m.image(image) / "data").read_bytes() == source
+    record = images["api"].get(ALICE, private)
+    assert record["visibility"] != "public"
+    assert set(cached_by_image(cache)) == {private, public}
+    assert m.unmount() == 0, m.output()
+    left = read_cache(cache / "blocks", DiskCache._slots_in)
+    assert [(i.id, i.visibility) for i in left] == [(public, "public")]
+    assert left[0].cached_bytes == len(source) + (-len(source)) % (256 << 10)  # whole blocks
+    assert "--purge-on-unmount: removed the blocks of 1 image that is not public" \
+        in m.output()

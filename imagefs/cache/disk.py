@@ -34,9 +34,34 @@ zeroed and is written again when the block is next fetched.
 The index (which slots exist, and the groups in least-recently-used order) is
 rebuilt when the cache opens from each group's trailer and its file's mtime.
 A hit touches its group's mtime if it is more than a minute old; a touch
-that fails is logged at debug and the hit served.  Eviction removes whole
-groups, least recently used first.  Directories the cache creates are 0700
-and its files 0600: only the mount's user reads them.
+that fails is logged at debug and the hit served.  Directories the cache
+creates are 0700 and its files 0600: only the mount's user reads them.
+Each image directory has an index file naming its image (``inventory``),
+written when the directory is created, and again at the next store when
+``describe`` learnt more (a name, a size) than it says.
+
+Eviction removes whole groups, least recently used first, but not blindly:
+an image in use (``hold``, counted per open ``data`` file) keeps its groups
+while any other image's could go instead, and the groups of an image's
+``keep_last`` blocks (a boot profile's, say) go after its others.  The image
+whose store makes room counts as not held for that eviction: a reader
+streaming an image through a cache too small for it evicts its own older
+groups, not those of another image that is open (and idle) meanwhile.
+Groups are taken in this order, each rank least recently used first:
+
+    1. images not held, groups without keep-last blocks
+    2. images not held, groups with keep-last blocks
+    3. held images, groups without keep-last blocks
+    4. held images, groups with keep-last blocks
+
+So while held images fill the bound, a store of another image evicts that
+image's own block again at once: the held images keep theirs.
+
+``evict_dirs`` (``imagefs cache evict`` and ``purge``) removes whole image
+directories whatever holds them: the operator asked.  A store under way
+into a directory that is removed meanwhile is not indexed (each directory
+has an epoch, bumped by ``evict_dirs``); a block it wrote anyway is valid
+and found by the next scan.
 
 The root is claimed first (``directory.claim``: tagged with a
 ``CACHEDIR.TAG``, or refused); the cache cleans up only inside
@@ -89,6 +114,7 @@ import xxhash
 from ..config import FreeSpace
 from ..errors import ConfigError
 from .directory import claim
+from .inventory import CachedImage, read_index, write_index
 from .keys import BlockKey
 
 log = logging.getLogger(__name__)
@@ -174,6 +200,11 @@ class DiskCache:
         self._queued = threading.Condition()
         self._queued_bytes = 0
         self._writing = 0  # runs taken from the queue and not yet written
+        self._about: dict[str, dict] = {}   # image dir -> what its index says (or will)
+        self._indexed: set[str] = set()     # image dirs whose index says all of _about
+        self._epoch: dict[str, int] = {}    # image dir -> times evict_dirs removed it
+        self._held: collections.Counter[str] = collections.Counter()  # image dir -> opens
+        self._last: dict[str, set[int]] = {}  # image dir -> groups of keep-last blocks
         self.writers = writers
         self._writers: list[threading.Thread] = []
         self.min_free = min_free
@@ -225,6 +256,10 @@ class DiskCache:
                         sub.unlink()
                 continue
             self._dirs.add(sub.name)
+            about = read_index(sub)
+            if about is not None:
+                self._about[sub.name] = about
+                self._indexed.add(sub.name)
             for entry in os.scandir(sub):
                 with contextlib.suppress(OSError, ValueError):
                     group = int(entry.name, 16)
@@ -407,6 +442,100 @@ class DiskCache:
             self._remove_groups(victims)
         return freed
 
+    # ---- which images, by id (``imagefs cache``) ------------------------------------
+    def describe(self, key: BlockKey, *, name: str | None = None, size: int | None = None,
+                 visibility: str | None = None) -> None:
+        """What the mount knows of ``key``'s image, for its directory's index (written
+        at the next store into it: cheap, callable on the trio thread)."""
+        image_dir = _image_dir(key)
+        about = {"id": key.image_id, "version": key.version, "block_size": key.block_size,
+                 "name": name, "size": size, "visibility": visibility}
+        with self._lock:
+            if self._about.get(image_dir) != about:
+                self._about[image_dir] = about
+                self._indexed.discard(image_dir)
+
+    def images(self) -> list[CachedImage]:
+        """Every image directory holding blocks, with what its index says."""
+        held = self.image_bytes()
+        with self._lock:
+            return [CachedImage(d, **self._about.get(d, {}), cached_bytes=n)
+                    for d, n in sorted(held.items()) if n]
+
+    def about(self, image_dir: str) -> dict:
+        """What the index of ``image_dir`` says (empty when it has none)."""
+        with self._lock:
+            return dict(self._about.get(image_dir, {}))
+
+    def dirs_of(self, image_id: str) -> list[str]:
+        """The image directories of ``image_id`` (any version or block size) that exist."""
+        with self._lock:
+            return sorted(d for d, about in self._about.items()
+                          if about.get("id") == image_id and d in self._dirs)
+
+    def all_dirs(self) -> list[str]:
+        with self._lock:
+            return sorted(self._dirs)
+
+    def evict_dirs(self, image_dirs: list[str]) -> int:
+        """Remove whole image directories (blocks and index), held or not; the bytes
+        freed.  Blocks still queued by ``store_later`` may land afterwards."""
+        from .inventory import remove_image_dir
+
+        wanted = set(image_dirs)
+        with self._evicting:
+            with self._lock:
+                freed = 0
+                for where in [w for w in self._groups if w[0] in wanted]:
+                    group = self._groups.pop(where)
+                    self._bytes -= group.bytes
+                    self._free += group.bytes
+                    freed += group.bytes
+                for image_dir in wanted:
+                    self._epoch[image_dir] = self._epoch.get(image_dir, 0) + 1
+                    self._dirs.discard(image_dir)
+                    self._indexed.discard(image_dir)
+            for image_dir in sorted(wanted):
+                try:
+                    remove_image_dir(self.blocks, image_dir)
+                except OSError as exc:
+                    log.warning("disk cache: %s", exc)
+        if wanted:
+            log.info("disk cache: removed %d image directories (%.1f MiB)", len(wanted),
+                     freed / 2**20)
+        return freed
+
+    # ---- what is in use (eviction goes elsewhere first) -----------------------------
+    def hold(self, key: BlockKey) -> None:
+        """``key``'s image is in use (a ``data`` file open): its groups go last.
+        Counted: each ``hold`` wants its own ``unhold``."""
+        with self._lock:
+            self._held[_image_dir(key)] += 1
+
+    def unhold(self, key: BlockKey) -> None:
+        image_dir = _image_dir(key)
+        with self._lock:
+            if self._held[image_dir] > 1:
+                self._held[image_dir] -= 1
+            else:
+                del self._held[image_dir]
+
+    def keep_last(self, key: BlockKey, indices) -> None:
+        """The blocks of ``key``'s image that are evicted after everything else of it
+        (replacing any given before; empty to clear)."""
+        groups = {i // GROUP_BLOCKS for i in indices}
+        with self._lock:
+            if groups:
+                self._last[_image_dir(key)] = groups
+            else:
+                self._last.pop(_image_dir(key), None)
+
+    def _rank(self, where: tuple[str, int], storing: str | None) -> int:
+        """Eviction order (see the module docstring) when a store of image directory
+        ``storing`` makes room: lower goes first.  Under the lock."""
+        held = where[0] in self._held and where[0] != storing
+        return 2 * held + (where[1] in self._last.get(where[0], ()))
+
     # ---- writing --------------------------------------------------------------
     def store(self, key: BlockKey, data: bytes) -> None:
         """Write the block into its slot and evict the least recently used over the
@@ -429,6 +558,7 @@ class DiskCache:
         with self._evicting:
             with self._lock:
                 room, victims = self._make_room(where, need)
+                epoch = self._epoch.get(where[0], 0)
             self._remove_groups(victims)
         if not room:
             return
@@ -436,7 +566,7 @@ class DiskCache:
                            .ljust(_ENTRY, b"\0") for k, d in run)
         path = self.path(key)
         try:
-            self._write_slot(where, path, data, headers, slot, bs)
+            self._write_slot(key, where, path, data, headers, slot, bs)
         except OSError as exc:  # a full or broken cache disk costs speed, not reads
             self._store_failed(where, exc)
             return
@@ -444,6 +574,8 @@ class DiskCache:
             with self._lock:
                 self._pending -= need
         with self._lock:
+            if self._epoch.get(where[0], 0) != epoch:
+                return  # its directory was evicted while the block was written
             group = self._groups.get(where)
             if group is None:
                 group = self._groups[where] = _Group(set(), bs, time.time())
@@ -452,22 +584,45 @@ class DiskCache:
                 if s not in group.slots:
                     group.slots.add(s)
                     self._bytes += bs
-        self._evict()
+        self._evict(storing=where[0])
 
-    def _write_slot(self, where: tuple[str, int], path: Path, data: bytes, headers: bytes,
-                    slot: int, block_size: int) -> None:
-        """The blocks from ``slot`` on, then their headers; a directory in the group
-        file's place is removed first."""
+    def _write_slot(self, key: BlockKey, where: tuple[str, int], path: Path, data: bytes,
+                    headers: bytes, slot: int, block_size: int) -> None:
+        """The blocks from ``slot`` on, then their headers; the image directory (with
+        its index) is created when missing, and a directory in the group file's place
+        is removed first."""
         if where[0] not in self._dirs:
             path.parent.mkdir(mode=0o700, exist_ok=True)
             self._dirs.add(where[0])
+        if where[0] not in self._indexed:
+            self._write_index(key, where[0])
         offset = slot * block_size
         try:
             self._write_block(path, data, offset, block_size)
         except IsADirectoryError:
             self._remove_directory(path)
             self._write_block(path, data, offset, block_size)
+        except FileNotFoundError:  # its directory was evicted since: make it again
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            self._write_index(key, where[0])
+            self._write_block(path, data, offset, block_size)
         _write_at(path, headers, GROUP_BLOCKS * block_size + slot * _ENTRY)
+
+    def _write_index(self, key: BlockKey, image_dir: str) -> None:
+        """The image directory's index, from ``describe`` or else from the key alone; a
+        failure costs only the name in ``imagefs cache list``."""
+        with self._lock:
+            about = self._about.setdefault(image_dir, {
+                "id": key.image_id, "version": key.version, "block_size": key.block_size})
+            about = dict(about)
+        try:
+            write_index(self.blocks / image_dir, about)
+        except OSError as exc:
+            log.debug("disk cache: cannot write the index of %s (%s)", image_dir, exc)
+            return
+        with self._lock:
+            if self._about.get(image_dir) == about:
+                self._indexed.add(image_dir)
 
     @staticmethod
     def _remove_directory(path: Path) -> None:
@@ -581,19 +736,31 @@ class DiskCache:
         self._writers = []
 
     # ---- the bounds -----------------------------------------------------------------
-    def _evict(self) -> None:
+    def _evict(self, storing: str | None = None) -> None:
         with self._evicting:
             victims = []
             with self._lock:
                 while self._bytes > self.max_bytes and self._groups:
-                    victims.append(self._pop_oldest())
+                    victims.append(self._pop_oldest(storing=storing))
             self._remove_groups(victims)
 
-    def _pop_oldest(self, keep: tuple[str, int] | None = None) -> tuple[str, int] | None:
-        """Out of the index: the least recently used group other than ``keep`` (None if
-        there is none).  Under both locks: the caller removes its file before it lets
-        go of ``_evicting``."""
-        where = next((w for w in self._groups if w != keep), None)
+    def _pop_oldest(self, keep: tuple[str, int] | None = None,
+                    storing: str | None = None) -> tuple[str, int] | None:
+        """Out of the index: the group other than ``keep`` to evict first, the least
+        recently used of the lowest rank (``_rank``, for a store of image directory
+        ``storing``; ``keep``'s when given); None if there is none.  Under both locks:
+        the caller removes its file before it lets go of ``_evicting``."""
+        if keep is not None:
+            storing = keep[0]
+        where, best = None, 4
+        for w in self._groups:
+            if w == keep:
+                continue
+            rank = self._rank(w, storing) if self._held or self._last else 0
+            if rank < best:
+                where, best = w, rank
+                if rank == 0:
+                    break
         if where is not None:
             group = self._groups.pop(where)
             self._bytes -= group.bytes

@@ -23,6 +23,13 @@ class MemoryCache:
         for key in [k for k in self._lru if k.image_id == image_id]:
             del self._lru[key]
 
+    def image_ids(self) -> set[str]:
+        """The images it holds blocks of."""
+        return {k.image_id for k in self._lru}
+
+    def clear(self) -> None:
+        self._lru.clear()
+
     def __contains__(self, key: BlockKey) -> bool:
         return key in self._lru
 

@@ -66,6 +66,27 @@ class TieredCache:
     def discard_from_memory(self, image_id: str) -> None:
         self.memory.discard_image(image_id)
 
+    # ---- what is in use (cheap; callable on the trio thread) ------------------------
+    def hold(self, key: BlockKey) -> None:
+        """``key``'s image has an open ``data`` file: the disk tier evicts its blocks
+        only when nothing else is left (``DiskCache.hold``)."""
+        if self.disk is not None:
+            self.disk.hold(key)
+
+    def unhold(self, key: BlockKey) -> None:
+        if self.disk is not None:
+            self.disk.unhold(key)
+
+    def keep_last(self, key: BlockKey, indices) -> None:
+        """Blocks of ``key``'s image the disk tier evicts after its others."""
+        if self.disk is not None:
+            self.disk.keep_last(key, indices)
+
+    def describe(self, key: BlockKey, **about) -> None:
+        """The image's name, size and visibility, for the disk tier's index."""
+        if self.disk is not None:
+            self.disk.describe(key, **about)
+
     def close(self) -> None:
         if self.disk is not None:
             self.disk.close()
