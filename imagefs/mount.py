@@ -59,6 +59,7 @@ from .mountpoint import unmount
 from .retry import RetryPolicy
 from .sources.choose import DirectOptions, SourceChooser
 from .prewarm import Warmer
+from .progress import human
 from .profiles import BootProfiles, ProfileStore
 from .status import snapshot
 
@@ -322,6 +323,8 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
     memory = MemoryCache(config.memory_cache)
     disk = DiskCache(config.cache_dir, config.cache_size, min_free=config.cache_min_free) \
         if config.cache_size > 0 else None
+    if disk is not None:
+        _warn_if_beyond_filesystem(config)
 
     notify(f"STATUS=mounting at {mountpoint}")
     chooser = SourceChooser(api, ctx, direct)
@@ -415,6 +418,19 @@ def _purge_not_public(disk: DiskCache, visibility: dict[str, str | None]) -> Non
     log.info("--purge-on-unmount: removed the blocks of %d image%s that %s not public "
              "(%.1f MiB)", len(victims), "" if len(victims) == 1 else "s",
              "is" if len(victims) == 1 else "are", freed / 2**20)
+
+
+def _warn_if_beyond_filesystem(config: MountConfig) -> None:
+    try:
+        st = os.statvfs(config.cache_dir)
+    except OSError:
+        return
+    total = st.f_blocks * st.f_frsize
+    if config.cache_size > total:
+        log.warning("--cache-size %s is more than the size of the cache directory's "
+                    "filesystem (%s): the disk tier is bounded by that filesystem, less "
+                    "--cache-min-free %s", human(config.cache_size), human(total),
+                    config.cache_min_free)
 
 
 async def _watch_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:

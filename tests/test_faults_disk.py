@@ -293,3 +293,14 @@ def test_daemon_mode_on_a_read_only_cache_dir_fails_with_a_reason_that_names_log
         if os.path.ismount(mnt):
             assert imagefs("umount", str(mnt)).returncode == 0
     assert "Traceback" not in log.read_text()
+
+
+def test_a_cache_size_beyond_the_filesystem_is_a_warning_and_the_mount_serves(
+        mounts, glance_clean, tmp_path):
+    data = random_bytes(MiB + 3)
+    image = upload(glance_clean, data, "beyond")
+    m = mounts.imagefs(tmp_path / "cache", "big", "--cache-size", "1000T")
+    read_back(m.image(image) / "data", data)
+    warned = warning_lines(m.output())
+    assert len(warned) == 1 and "--cache-size 1000.0 TiB is more than the size" in warned[0], \
+        m.output()
