@@ -23,8 +23,18 @@ the cold read, and of curl and Glance during the baseline (Glance shares the
 machine's two cores with the reader), and the same cold read with no disk
 tier (--cache-size 0): what filling the cache costs.
 
-Prints a table of medians (min-max) and writes the same as JSON.  Needs root
-(to drop the page cache and to mount).
+Two tables, by default in one run (--pin or --no-pin for one of them): the
+unpinned one, every process free to use both cores, and the pinned one, with
+Glance on CPU 1 and the client side on CPU 0.  Pinned, every thread of
+Glance's process (and of any process it started) is moved with
+`taskset -a -p -c 1 PID`, and curl, dd, qemu-img, ls and the mount daemon
+are started as `taskset -c 0 CMD` (their threads inherit it); unpinned, Glance
+is moved back to all the bench's CPUs.  The two tables' runs alternate, which
+one first changing each time, so that drift falls on both.  On a machine with
+fewer than two CPUs pinning is skipped, with a note.
+
+Prints a table of medians (min-max) for each and writes the same as JSON
+(`unpinned`, `pinned`).  Needs root (to drop the page cache and to mount).
 """
 
 from __future__ import annotations
@@ -58,6 +68,75 @@ ALICE = RequestContext(auth_token="alice-token")
 BOB = RequestContext(auth_token="bob-token")
 WARM_PAIRS = 5
 DISK_PAIRS = 3
+CLIENT_CPU, SERVER_CPU = 0, 1
+
+
+class Placement:
+    """Which CPUs each side runs on: Glance on SERVER_CPU and the client side
+    (curl, dd, qemu-img, ls, the mount daemon) on CLIENT_CPU when ``pinned``,
+    anywhere the bench itself may run otherwise."""
+
+    def __init__(self, pinned: bool):
+        self.pinned = pinned
+        self.name = "pinned" if pinned else "unpinned"
+        self.anywhere = sorted(os.sched_getaffinity(0))
+
+    def client(self, cmd: list[str]) -> list[str]:
+        return ["taskset", "-c", str(CLIENT_CPU), *cmd] if self.pinned else list(cmd)
+
+    def server(self, cmd: list[str]) -> list[str]:
+        return ["taskset", "-c", str(SERVER_CPU), *cmd] if self.pinned else list(cmd)
+
+    def place_glance(self, glance: GlanceServer) -> None:
+        """Every thread of Glance's process and of any process it started (threads
+        started later inherit their creator's CPUs)."""
+        cpus = [SERVER_CPU] if self.pinned else self.anywhere
+        for pid in process_tree(glance.proc.pid):
+            subprocess.run(["taskset", "-a", "-p", "-c", ",".join(map(str, cpus)), str(pid)],
+                           check=True, stdout=subprocess.DEVNULL)
+        wrong = {t: c for t, c in thread_cpus(glance.proc.pid).items() if c != set(cpus)}
+        if wrong:
+            raise RuntimeError(f"Glance threads not on CPUs {cpus}: {wrong}")
+
+
+def pinning_unavailable() -> str | None:
+    """Why pinning cannot be done here, or None."""
+    if (os.cpu_count() or 1) < 2:
+        return f"this machine has {os.cpu_count()} CPU"
+    if not {CLIENT_CPU, SERVER_CPU} <= os.sched_getaffinity(0):
+        return f"CPUs {CLIENT_CPU} and {SERVER_CPU} are not both available to the bench"
+    if not shutil.which("taskset"):
+        return "taskset is missing"
+    return None
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
+def thread_cpus(pid: int) -> dict[str, set[int]]:
+    """The CPUs each thread of ``pid`` and its descendants may run on, by "pid/tid"."""
+    out = {}
+    for p in process_tree(pid):
+        for task in Path(f"/proc/{p}/task").iterdir():
+            try:
+                out[f"{p}/{task.name}"] = os.sched_getaffinity(int(task.name))
+            except ProcessLookupError:
+                pass  # a thread that ended meanwhile
+    return out
 
 
 def drop_page_cache() -> None:
@@ -93,20 +172,22 @@ def dd_cmd(path: Path) -> list[str]:
     return ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
 
 
-def dd(path: Path) -> float:
-    return timed(dd_cmd(path))
+def dd(place: Placement, path: Path) -> float:
+    return timed(place.client(dd_cmd(path)))
 
 
 class Mount:
-    def __init__(self, work: Path, glance: GlanceServer, cache: Path, token: str, memory: str,
-                 *extra: str):
+    def __init__(self, work: Path, glance: GlanceServer, place: Placement, cache: Path,
+                 token: str, memory: str, *extra: str):
         self.path = work / f"mnt-{time.monotonic_ns()}"
         self.path.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
         env.update(OS_AUTH_TOKEN=token, OS_IMAGE_URL=glance.url)
+        # taskset execs the daemon: self.proc.pid is the daemon's, and its threads
+        # inherit its CPUs
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imagefs", "mount", str(self.path), "--foreground",
-             "--cache-dir", str(cache), "--memory-cache", memory, "-v", *extra],
+            place.client([sys.executable, "-m", "imagefs", "mount", str(self.path), "--foreground",
+                          "--cache-dir", str(cache), "--memory-cache", memory, "-v", *extra]),
             env=env, stderr=open(work / "mount.log", "a"))
         deadline = time.monotonic() + 30
         while not os.path.ismount(self.path):
@@ -178,40 +259,43 @@ def setup(work: Path, glance: GlanceServer, size: int, listing: int) -> dict:
     return {"src": src, "raw": raw, "qcow2": qcow2, "sparse": sparse, "size": size}
 
 
-def one_run(work: Path, glance: GlanceServer, images: dict, memory: str) -> dict:
+def one_run(work: Path, glance: GlanceServer, images: dict, memory: str,
+            place: Placement) -> dict:
     raw, src = images["raw"], images["src"]
     r: dict[str, float] = {}
     token = "alice-token"
+    place.place_glance(glance)
+    client = place.client
 
     # cold sequential: curl baseline, then a fresh mount
     drop_page_cache()
     r["curl_s"], r["curl_cpu"], (r["curl_glance_cpu"],) = timed_cpu(
-        ["curl", "-sf", "-H", f"X-Auth-Token: {token}", f"{glance.url}/v2/images/{raw}/file",
-         "-o", "/dev/null"], glance.proc.pid)
+        client(["curl", "-sf", "-H", f"X-Auth-Token: {token}",
+                f"{glance.url}/v2/images/{raw}/file", "-o", "/dev/null"]), glance.proc.pid)
     cache = new_cache(work)
-    m = Mount(work, glance, cache, token, memory)
+    m = Mount(work, glance, place, cache, token, memory)
     prepare(m, glance, raw)
     r["cold_s"], r["cold_dd_cpu"], (r["cold_glance_cpu"], r["cold_daemon_cpu"]) = timed_cpu(
-        dd_cmd(m.data(raw)), glance.proc.pid, m.proc.pid)
+        client(dd_cmd(m.data(raw))), glance.proc.pid, m.proc.pid)
     r["cold_server_bytes"] = glance.stats()["data_bytes"]
     r["peak_rss"] = m.peak_rss()
 
     # warm sequential: the same file again; baseline a page-cached local file.
     # One read takes ~0.2 s, so a single pair is mostly noise: take the median
     # of WARM_PAIRS, alternating.
-    dd(src)
+    dd(place, src)
     warm, local = [], []
     for _ in range(WARM_PAIRS):
-        warm.append(dd(m.data(raw)))
-        local.append(dd(src))
+        warm.append(dd(place, m.data(raw)))
+        local.append(dd(place, src))
     r["warm_s"], r["local_warm_s"] = statistics.median(warm), statistics.median(local)
     m.close()
 
     # the cold read again with no disk tier: what filling it costs (not a target)
     nodisk = new_cache(work)
-    m = Mount(work, glance, nodisk, token, memory, "--cache-size", "0")
+    m = Mount(work, glance, place, nodisk, token, memory, "--cache-size", "0")
     prepare(m, glance, raw)
-    r["cold_nodisk_s"] = dd(m.data(raw))
+    r["cold_nodisk_s"] = dd(place, m.data(raw))
     m.close()
     shutil.rmtree(nodisk, ignore_errors=True)
 
@@ -220,32 +304,32 @@ def one_run(work: Path, glance: GlanceServer, images: dict, memory: str) -> dict
     # minutes, so take the median of DISK_PAIRS, alternating, a fresh mount each.
     disk, local, sent = [], [], 0
     for _ in range(DISK_PAIRS):
-        m = Mount(work, glance, cache, token, memory)
+        m = Mount(work, glance, place, cache, token, memory)
         prepare(m, glance, raw)
-        disk.append(dd(m.data(raw)))
+        disk.append(dd(place, m.data(raw)))
         sent += glance.stats()["data_bytes"]
         m.close()
         drop_page_cache()
-        local.append(dd(src))
+        local.append(dd(place, src))
     r["disk_s"], r["local_cold_s"] = statistics.median(disk), statistics.median(local)
     r["disk_server_bytes"] = sent
     shutil.rmtree(cache)
 
     # qemu-img info, cold
     cache = new_cache(work)
-    m = Mount(work, glance, cache, token, memory)
+    m = Mount(work, glance, place, cache, token, memory)
     prepare(m, glance, images["qcow2"], drop=False)
-    r["qemu_img_info_s"] = timed(["qemu-img", "info", str(m.data(images["qcow2"]))])
+    r["qemu_img_info_s"] = timed(client(["qemu-img", "info", str(m.data(images["qcow2"]))]))
     r["qemu_img_info_bytes"] = glance.stats()["data_bytes"]
     m.close()
     shutil.rmtree(cache)
 
     # 4 readers at once, cold
     cache = new_cache(work)
-    m = Mount(work, glance, cache, token, memory)
+    m = Mount(work, glance, place, cache, token, memory)
     prepare(m, glance, raw)
     start = time.perf_counter()
-    procs = [subprocess.Popen(["dd", f"if={m.data(raw)}", "of=/dev/null", "bs=1M"],
+    procs = [subprocess.Popen(client(dd_cmd(m.data(raw))),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for _ in range(4)]
     if any(p.wait() != 0 for p in procs):
@@ -257,13 +341,13 @@ def one_run(work: Path, glance: GlanceServer, images: dict, memory: str) -> dict
 
     # ls -l of the root with the listing images (bob's project)
     cache = new_cache(work)
-    m = Mount(work, glance, cache, "bob-token", memory)
+    m = Mount(work, glance, place, cache, "bob-token", memory)
     glance.reset()
-    r["ls_cold_s"] = timed(["ls", "-l", str(m.path)])
+    r["ls_cold_s"] = timed(client(["ls", "-l", str(m.path)]))
     stats = glance.stats()
     r["ls_cold_calls"] = stats["list_requests"] + stats["get_requests"]
     glance.reset()
-    r["ls_warm_s"] = timed(["ls", "-l", str(m.path)])
+    r["ls_warm_s"] = timed(client(["ls", "-l", str(m.path)]))
     stats = glance.stats()
     r["ls_warm_calls"] = stats["list_requests"] + stats["get_requests"]
     m.close()
@@ -364,30 +448,52 @@ def main() -> int:
     p.add_argument("--memory-cache", default="256M", help="the mount's memory cache (default 256M)")
     p.add_argument("--out", default="bench-results.json", help="JSON output file")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"--pin: only the table with Glance on CPU {SERVER_CPU} and the client "
+                        f"side on CPU {CLIENT_CPU}; --no-pin: only the table without; "
+                        "default: both, their runs alternating")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (to drop the page cache and mount)", file=sys.stderr)
         return 2
-    for tool in ("curl", "dd", "qemu-img", "qemu-io", "fusermount3"):
+    for tool in ("curl", "dd", "cat", "qemu-img", "qemu-io", "fusermount3"):
         if not shutil.which(tool):
             print(f"bench: {tool} is missing (run scripts/setup)", file=sys.stderr)
             return 2
+    pinned = [False, True] if args.pin is None else [args.pin]
+    note = pinning_unavailable() if True in pinned else None
+    if note:
+        print(f"bench: pinning skipped: {note}", file=sys.stderr)
+        pinned = [False]
+    places = [Placement(p) for p in pinned]
     size = parse_size(args.size)
     work = Path(tempfile.mkdtemp(prefix="imagefs-bench-"))
     glance = GlanceServer(work / "glance")
     try:
         glance.start()
         images = setup(work, glance, size, args.listing)
-        runs = []
+        runs: dict[str, list[dict]] = {place.name: [] for place in places}
         for i in range(args.reps):
-            print(f"bench: run {i + 1} of {args.reps}", file=sys.stderr)
-            runs.append(one_run(work, glance, images, args.memory_cache))
-        summary = summarize(runs, images, parse_size(args.memory_cache), args.listing, 100)
-        summary["size"] = size
-        summary["runs"] = runs
-        Path(args.out).write_text(json.dumps(summary, indent=2))
-        print_table(summary)
-        print(f"\n(written to {args.out})")
+            # alternate which table goes first, so that drift over the run
+            # falls on both alike
+            for place in places[::-1] if i % 2 else places:
+                print(f"bench: run {i + 1} of {args.reps}, {place.name}", file=sys.stderr)
+                runs[place.name].append(one_run(work, glance, images, args.memory_cache, place))
+        out: dict = {"size": size, "pinning_skipped": note}
+        for place in places:
+            summary = summarize(runs[place.name], images, parse_size(args.memory_cache),
+                                args.listing, 100)
+            summary["runs"] = runs[place.name]
+            out[place.name] = summary
+            print(f"{place.name}: " + (f"Glance on CPU {SERVER_CPU}, the client side on CPU "
+                                       f"{CLIENT_CPU}" if place.pinned else
+                                       f"every process on CPUs {place.anywhere}"))
+            print_table(summary)
+            print()
+        if note:
+            print(f"(pinning skipped: {note})")
+        Path(args.out).write_text(json.dumps(out, indent=2))
+        print(f"(written to {args.out})")
     finally:
         glance.stop()
         if not args.keep:
