@@ -5,13 +5,13 @@ counts the bytes Glance sends), uploads a raw image of random bytes and a
 sparse 20 GiB qcow2, and measures, each run against its baseline in the same
 run:
 
-  cold sequential   fresh mount, empty cache, page cache dropped, dd bs=1M
+  cold sequential   fresh mount, empty cache, dd bs=1M
                     vs curl of the same image from the same Glance
   warm sequential   the same file again on the same mount
                     vs a local copy already in the page cache
                     (median of 5 alternating pairs in each run)
-  disk-cache read   remount on the same cache dir, page cache dropped
-                    vs a local copy after dropping the page cache
+  disk-cache read   remount on the same cache dir
+                    vs a cold read of a local copy
                     (median of 3 alternating pairs in each run)
   qemu-img info     cold, on the sparse qcow2: bytes fetched, seconds
   4 readers         cold, same image at once: bytes sent / size, time vs 1
@@ -22,6 +22,15 @@ It also reports the CPU seconds per GiB of the daemon, dd and Glance during
 the cold read, and of curl and Glance during the baseline (Glance shares the
 machine's two cores with the reader), and the same cold read with no disk
 tier (--cache-size 0): what filling the cache costs.
+
+Before each cold read (the cold reads through imagefs, with and without the
+disk tier, curl's, the 4 readers', the disk-cache read and its local
+baseline) the server side is put in the same state: the page cache is
+dropped, and then Glance's own store file of the image (in the fs store's
+filesystem_store_datadir, named by the image id) is read once with `cat`,
+on Glance's CPU when pinned.  Only the client side is cold: Glance reads
+from the page cache, not from the disk the disk tier writes to.  qemu-img
+info does not drop the page cache.
 
 Two tables, by default in one run (--pin or --no-pin for one of them): the
 unpinned one, every process free to use both cores, and the pinned one, with
@@ -40,6 +49,7 @@ Prints a table of medians (min-max) for each and writes the same as JSON
 from __future__ import annotations
 
 import argparse
+import configparser
 import json
 import os
 import resource
@@ -144,6 +154,26 @@ def drop_page_cache() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
+def store_file(glance: GlanceServer, image_id: str) -> Path:
+    """Glance's own copy of the image: the file named by its id in the fs store."""
+    conf = configparser.ConfigParser(strict=False, interpolation=None)
+    conf.read(glance.dir / "glance-api.conf")
+    backend = conf["glance_store"]["default_backend"]
+    path = Path(conf[backend]["filesystem_store_datadir"]) / image_id
+    if not path.is_file():
+        raise RuntimeError(f"Glance's store file of {image_id} is not at {path}")
+    return path
+
+
+def cold_client(place: Placement, store: Path) -> None:
+    """The same server-side state before each cold read: drop the page cache,
+    then read Glance's store file once, on Glance's CPU, so that only the client
+    side is cold and Glance serves from the page cache, as a store on another
+    host would have it."""
+    drop_page_cache()
+    subprocess.run(place.server(["cat", str(store)]), check=True, stdout=subprocess.DEVNULL)
+
+
 def timed(cmd: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -211,11 +241,14 @@ class Mount:
         self.path.rmdir()
 
 
-def prepare(m: Mount, glance: GlanceServer, image_id: str, drop: bool = True) -> None:
-    """Look the file up, drop the page cache, zero the server's counters."""
+def prepare(m: Mount, glance: GlanceServer, place: Placement, image_id: str,
+            store: Path | None) -> None:
+    """Look the file up; with ``store`` (Glance's store file of the image) drop
+    the page cache and read that file back (``cold_client``); zero the
+    server's counters."""
     os.stat(m.data(image_id))
-    if drop:
-        drop_page_cache()
+    if store is not None:
+        cold_client(place, store)
     glance.reset()
 
 
@@ -256,25 +289,26 @@ def setup(work: Path, glance: GlanceServer, size: int, listing: int) -> dict:
                                 "container_format": "bare"}, data=b"x")["id"]
     for i in range(listing):  # one at a time: Glance's sqlite database locks otherwise
         tiny(i)
-    return {"src": src, "raw": raw, "qcow2": qcow2, "sparse": sparse, "size": size}
+    return {"src": src, "raw": raw, "raw_store": store_file(glance, raw), "qcow2": qcow2,
+            "sparse": sparse, "size": size}
 
 
 def one_run(work: Path, glance: GlanceServer, images: dict, memory: str,
             place: Placement) -> dict:
-    raw, src = images["raw"], images["src"]
+    raw, src, store = images["raw"], images["src"], images["raw_store"]
     r: dict[str, float] = {}
     token = "alice-token"
     place.place_glance(glance)
     client = place.client
 
     # cold sequential: curl baseline, then a fresh mount
-    drop_page_cache()
+    cold_client(place, store)
     r["curl_s"], r["curl_cpu"], (r["curl_glance_cpu"],) = timed_cpu(
         client(["curl", "-sf", "-H", f"X-Auth-Token: {token}",
                 f"{glance.url}/v2/images/{raw}/file", "-o", "/dev/null"]), glance.proc.pid)
     cache = new_cache(work)
     m = Mount(work, glance, place, cache, token, memory)
-    prepare(m, glance, raw)
+    prepare(m, glance, place, raw, store)
     r["cold_s"], r["cold_dd_cpu"], (r["cold_glance_cpu"], r["cold_daemon_cpu"]) = timed_cpu(
         client(dd_cmd(m.data(raw))), glance.proc.pid, m.proc.pid)
     r["cold_server_bytes"] = glance.stats()["data_bytes"]
@@ -294,22 +328,23 @@ def one_run(work: Path, glance: GlanceServer, images: dict, memory: str,
     # the cold read again with no disk tier: what filling it costs (not a target)
     nodisk = new_cache(work)
     m = Mount(work, glance, place, nodisk, token, memory, "--cache-size", "0")
-    prepare(m, glance, raw)
+    prepare(m, glance, place, raw, store)
     r["cold_nodisk_s"] = dd(place, m.data(raw))
     m.close()
     shutil.rmtree(nodisk, ignore_errors=True)
 
     # disk-cache read: remount on the same cache dir; baseline a local file, both
-    # after dropping the page cache.  The disk's speed here drifts by 2x within
+    # after cold_client (the server sends nothing here, but the page cache then
+    # holds the same for both).  The disk's speed here drifts by 2x within
     # minutes, so take the median of DISK_PAIRS, alternating, a fresh mount each.
     disk, local, sent = [], [], 0
     for _ in range(DISK_PAIRS):
         m = Mount(work, glance, place, cache, token, memory)
-        prepare(m, glance, raw)
+        prepare(m, glance, place, raw, store)
         disk.append(dd(place, m.data(raw)))
         sent += glance.stats()["data_bytes"]
         m.close()
-        drop_page_cache()
+        cold_client(place, store)
         local.append(dd(place, src))
     r["disk_s"], r["local_cold_s"] = statistics.median(disk), statistics.median(local)
     r["disk_server_bytes"] = sent
@@ -318,7 +353,7 @@ def one_run(work: Path, glance: GlanceServer, images: dict, memory: str,
     # qemu-img info, cold
     cache = new_cache(work)
     m = Mount(work, glance, place, cache, token, memory)
-    prepare(m, glance, images["qcow2"], drop=False)
+    prepare(m, glance, place, images["qcow2"], None)
     r["qemu_img_info_s"] = timed(client(["qemu-img", "info", str(m.data(images["qcow2"]))]))
     r["qemu_img_info_bytes"] = glance.stats()["data_bytes"]
     m.close()
@@ -327,7 +362,7 @@ def one_run(work: Path, glance: GlanceServer, images: dict, memory: str,
     # 4 readers at once, cold
     cache = new_cache(work)
     m = Mount(work, glance, place, cache, token, memory)
-    prepare(m, glance, raw)
+    prepare(m, glance, place, raw, store)
     start = time.perf_counter()
     procs = [subprocess.Popen(client(dd_cmd(m.data(raw))),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
