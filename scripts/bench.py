@@ -21,7 +21,8 @@ run:
 It also reports the CPU seconds per GiB of the daemon, dd and Glance during
 the cold read, and of curl and Glance during the baseline (Glance shares the
 machine's two cores with the reader), and the same cold read with no disk
-tier (--cache-size 0): what filling the cache costs.
+tier (--cache-size 0): what filling the cache costs (the cold read with it is
+to be at least 0.9x as fast).
 
 Before each cold read (the cold reads through imagefs, with and without the
 disk tier, curl's, the 4 readers', the disk-cache read and its local
@@ -404,6 +405,7 @@ def summarize(runs: list[dict], images: dict, memory: int, listing: int, page_si
         "cold_vs_curl": ratio("cold_s", "curl_s"),
         "cold_MiBps": stat([size / MiB / r["cold_s"] for r in runs]),
         "cold_nodisk_vs_curl": ratio("cold_nodisk_s", "curl_s"),
+        "cold_vs_nodisk": ratio("cold_s", "cold_nodisk_s"),
         # CPU seconds per GiB: where a cold read's CPU goes, Glance's included
         **{f"{k}_per_GiB": stat([r[k] * GiB / size for r in runs])
            for k in ("curl_cpu", "curl_glance_cpu", "cold_dd_cpu", "cold_glance_cpu",
@@ -428,6 +430,7 @@ def summarize(runs: list[dict], images: dict, memory: int, listing: int, page_si
     }
     out["targets"] = {
         "cold >= 0.8x curl": out["cold_vs_curl"]["median"] >= 0.8,
+        "cold with disk tier >= 0.9x --cache-size 0": out["cold_vs_nodisk"]["median"] >= 0.9,
         "warm >= 0.5x page-cached local": out["warm_vs_local_warm"]["median"] >= 0.5,
         "disk-cache >= 0.7x cold local": out["disk_vs_local_cold"]["median"] >= 0.7,
         "qemu-img info <= 1 MiB": out["qemu_img_info_bytes"]["median"] <= MiB,
@@ -450,7 +453,8 @@ def print_table(s: dict) -> None:
          f"dd {f(s['cold_dd_cpu_per_GiB'])}, Glance {f(s['cold_glance_cpu_per_GiB'])}; "
          f"curl run: curl {f(s['curl_cpu_per_GiB'])}, Glance {f(s['curl_glance_cpu_per_GiB'])}"),
         ("  no disk tier", f(s["cold_nodisk_vs_curl"]) + " x curl",
-         "the same cold read with --cache-size 0 (not a target)"),
+         f"the same cold read with --cache-size 0; with the disk tier "
+         f"{f(s['cold_vs_nodisk'])} x this"),
         ("warm sequential", f(s["warm_vs_local_warm"]) + " x local",
          f"{f(s['warm_MiBps'], '{:.0f}')} MiB/s"),
         ("disk-cache read", f(s["disk_vs_local_cold"]) + " x local",
