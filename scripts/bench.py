@@ -168,9 +168,8 @@ def store_file(glance: GlanceServer, image_id: str) -> Path:
 
 def cold_client(place: Placement, store: Path) -> None:
     """The same server-side state before each cold read: drop the page cache,
-    then read Glance's store file once, on Glance's CPU, so that only the client
-    side is cold and Glance serves from the page cache, as a store on another
-    host would have it."""
+    then read Glance's store file once (on Glance's CPU when pinned), so that
+    only the client side is cold and Glance serves from the page cache."""
     drop_page_cache()
     subprocess.run(place.server(["cat", str(store)]), check=True, stdout=subprocess.DEVNULL)
 
@@ -453,8 +452,8 @@ def print_table(s: dict) -> None:
          f"dd {f(s['cold_dd_cpu_per_GiB'])}, Glance {f(s['cold_glance_cpu_per_GiB'])}; "
          f"curl run: curl {f(s['curl_cpu_per_GiB'])}, Glance {f(s['curl_glance_cpu_per_GiB'])}"),
         ("  no disk tier", f(s["cold_nodisk_vs_curl"]) + " x curl",
-         f"the same cold read with --cache-size 0; with the disk tier "
-         f"{f(s['cold_vs_nodisk'])} x this"),
+         (f"the same cold read with --cache-size 0; with the disk tier "
+          f"{f(s['cold_vs_nodisk'])} x this")),
         ("warm sequential", f(s["warm_vs_local_warm"]) + " x local",
          f"{f(s['warm_MiBps'], '{:.0f}')} MiB/s"),
         ("disk-cache read", f(s["disk_vs_local_cold"]) + " x local",
@@ -524,9 +523,10 @@ def main() -> int:
                                 args.listing, 100)
             summary["runs"] = runs[place.name]
             out[place.name] = summary
-            print(f"{place.name}: " + (f"Glance on CPU {SERVER_CPU}, the client side on CPU "
-                                       f"{CLIENT_CPU}" if place.pinned else
-                                       f"every process on CPUs {place.anywhere}"))
+            where = (f"Glance on CPU {SERVER_CPU}, the client side on CPU {CLIENT_CPU}"
+                     if place.pinned else
+                     f"every process on CPUs {','.join(map(str, place.anywhere))}")
+            print(f"{place.name}: {where}")
             print_table(summary)
             print()
         if note:
