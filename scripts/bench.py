@@ -5,13 +5,13 @@ counts the bytes Glance sends), uploads a raw image of random bytes and a
 sparse 20 GiB qcow2, and measures, each run against its baseline in the same
 run:
 
-  cold sequential   fresh mount, empty cache, page cache dropped, dd bs=1M
+  cold sequential   fresh mount, empty cache, dd bs=1M
                     vs curl of the same image from the same Glance
   warm sequential   the same file again on the same mount
                     vs a local copy already in the page cache
                     (median of 5 alternating pairs in each run)
-  disk-cache read   remount on the same cache dir, page cache dropped
-                    vs a local copy after dropping the page cache
+  disk-cache read   remount on the same cache dir
+                    vs a cold read of a local copy
                     (median of 3 alternating pairs in each run)
   qemu-img info     cold, on the sparse qcow2: bytes fetched, seconds
   4 readers         cold, same image at once: bytes sent / size, time vs 1
@@ -21,15 +21,36 @@ run:
 It also reports the CPU seconds per GiB of the daemon, dd and Glance during
 the cold read, and of curl and Glance during the baseline (Glance shares the
 machine's two cores with the reader), and the same cold read with no disk
-tier (--cache-size 0): what filling the cache costs.
+tier (--cache-size 0): what filling the cache costs (the cold read with it is
+to be at least 0.9x as fast).
 
-Prints a table of medians (min-max) and writes the same as JSON.  Needs root
-(to drop the page cache and to mount).
+Before each cold read (the cold reads through imagefs, with and without the
+disk tier, curl's, the 4 readers', the disk-cache read and its local
+baseline) the server side is put in the same state: the page cache is
+dropped, and then Glance's own store file of the image (in the fs store's
+filesystem_store_datadir, named by the image id) is read once with `cat`,
+on Glance's CPU when pinned.  Only the client side is cold: Glance reads
+from the page cache, not from the disk the disk tier writes to.  qemu-img
+info does not drop the page cache.
+
+Two tables, by default in one run (--pin or --no-pin for one of them): the
+unpinned one, every process free to use both cores, and the pinned one, with
+Glance on CPU 1 and the client side on CPU 0.  Pinned, every thread of
+Glance's process (and of any process it started) is moved with
+`taskset -a -p -c 1 PID`, and curl, dd, qemu-img, ls and the mount daemon
+are started as `taskset -c 0 CMD` (their threads inherit it); unpinned, Glance
+is moved back to all the bench's CPUs.  The two tables' runs alternate, which
+one first changing each time, so that drift falls on both.  On a machine with
+fewer than two CPUs pinning is skipped, with a note.
+
+Prints a table of medians (min-max) for each and writes the same as JSON
+(`unpinned`, `pinned`).  Needs root (to drop the page cache and to mount).
 """
 
 from __future__ import annotations
 
 import argparse
+import configparser
 import json
 import os
 import resource
@@ -58,11 +79,99 @@ ALICE = RequestContext(auth_token="alice-token")
 BOB = RequestContext(auth_token="bob-token")
 WARM_PAIRS = 5
 DISK_PAIRS = 3
+CLIENT_CPU, SERVER_CPU = 0, 1
+
+
+class Placement:
+    """Which CPUs each side runs on: Glance on SERVER_CPU and the client side
+    (curl, dd, qemu-img, ls, the mount daemon) on CLIENT_CPU when ``pinned``,
+    anywhere the bench itself may run otherwise."""
+
+    def __init__(self, pinned: bool):
+        self.pinned = pinned
+        self.name = "pinned" if pinned else "unpinned"
+        self.anywhere = sorted(os.sched_getaffinity(0))
+
+    def client(self, cmd: list[str]) -> list[str]:
+        return ["taskset", "-c", str(CLIENT_CPU), *cmd] if self.pinned else list(cmd)
+
+    def server(self, cmd: list[str]) -> list[str]:
+        return ["taskset", "-c", str(SERVER_CPU), *cmd] if self.pinned else list(cmd)
+
+    def place_glance(self, glance: GlanceServer) -> None:
+        """Every thread of Glance's process and of any process it started (threads
+        started later inherit their creator's CPUs)."""
+        cpus = [SERVER_CPU] if self.pinned else self.anywhere
+        for pid in process_tree(glance.proc.pid):
+            subprocess.run(["taskset", "-a", "-p", "-c", ",".join(map(str, cpus)), str(pid)],
+                           check=True, stdout=subprocess.DEVNULL)
+        wrong = {t: c for t, c in thread_cpus(glance.proc.pid).items() if c != set(cpus)}
+        if wrong:
+            raise RuntimeError(f"Glance threads not on CPUs {cpus}: {wrong}")
+
+
+def pinning_unavailable() -> str | None:
+    """Why pinning cannot be done here, or None."""
+    if (os.cpu_count() or 1) < 2:
+        return f"this machine has {os.cpu_count()} CPU"
+    if not {CLIENT_CPU, SERVER_CPU} <= os.sched_getaffinity(0):
+        return f"CPUs {CLIENT_CPU} and {SERVER_CPU} are not both available to the bench"
+    if not shutil.which("taskset"):
+        return "taskset is missing"
+    return None
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
+def thread_cpus(pid: int) -> dict[str, set[int]]:
+    """The CPUs each thread of ``pid`` and its descendants may run on, by "pid/tid"."""
+    out = {}
+    for p in process_tree(pid):
+        for task in Path(f"/proc/{p}/task").iterdir():
+            try:
+                out[f"{p}/{task.name}"] = os.sched_getaffinity(int(task.name))
+            except ProcessLookupError:
+                pass  # a thread that ended meanwhile
+    return out
 
 
 def drop_page_cache() -> None:
     subprocess.run(["sync"], check=True)
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def store_file(glance: GlanceServer, image_id: str) -> Path:
+    """Glance's own copy of the image: the file named by its id in the fs store."""
+    conf = configparser.ConfigParser(strict=False, interpolation=None)
+    conf.read(glance.dir / "glance-api.conf")
+    backend = conf["glance_store"]["default_backend"]
+    path = Path(conf[backend]["filesystem_store_datadir"]) / image_id
+    if not path.is_file():
+        raise RuntimeError(f"Glance's store file of {image_id} is not at {path}")
+    return path
+
+
+def cold_client(place: Placement, store: Path) -> None:
+    """The same server-side state before each cold read: drop the page cache,
+    then read Glance's store file once (on Glance's CPU when pinned), so that
+    only the client side is cold and Glance serves from the page cache."""
+    drop_page_cache()
+    subprocess.run(place.server(["cat", str(store)]), check=True, stdout=subprocess.DEVNULL)
 
 
 def timed(cmd: list[str]) -> float:
@@ -93,20 +202,22 @@ def dd_cmd(path: Path) -> list[str]:
     return ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
 
 
-def dd(path: Path) -> float:
-    return timed(dd_cmd(path))
+def dd(place: Placement, path: Path) -> float:
+    return timed(place.client(dd_cmd(path)))
 
 
 class Mount:
-    def __init__(self, work: Path, glance: GlanceServer, cache: Path, token: str, memory: str,
-                 *extra: str):
+    def __init__(self, work: Path, glance: GlanceServer, place: Placement, cache: Path,
+                 token: str, memory: str, *extra: str):
         self.path = work / f"mnt-{time.monotonic_ns()}"
         self.path.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
         env.update(OS_AUTH_TOKEN=token, OS_IMAGE_URL=glance.url)
+        # taskset execs the daemon: self.proc.pid is the daemon's, and its threads
+        # inherit its CPUs
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imagefs", "mount", str(self.path), "--foreground",
-             "--cache-dir", str(cache), "--memory-cache", memory, "-v", *extra],
+            place.client([sys.executable, "-m", "imagefs", "mount", str(self.path), "--foreground",
+                          "--cache-dir", str(cache), "--memory-cache", memory, "-v", *extra]),
             env=env, stderr=open(work / "mount.log", "a"))
         deadline = time.monotonic() + 30
         while not os.path.ismount(self.path):
@@ -130,11 +241,14 @@ class Mount:
         self.path.rmdir()
 
 
-def prepare(m: Mount, glance: GlanceServer, image_id: str, drop: bool = True) -> None:
-    """Look the file up, drop the page cache, zero the server's counters."""
+def prepare(m: Mount, glance: GlanceServer, place: Placement, image_id: str,
+            store: Path | None) -> None:
+    """Look the file up; with ``store`` (Glance's store file of the image) drop
+    the page cache and read that file back (``cold_client``); zero the
+    server's counters."""
     os.stat(m.data(image_id))
-    if drop:
-        drop_page_cache()
+    if store is not None:
+        cold_client(place, store)
     glance.reset()
 
 
@@ -175,77 +289,82 @@ def setup(work: Path, glance: GlanceServer, size: int, listing: int) -> dict:
                                 "container_format": "bare"}, data=b"x")["id"]
     for i in range(listing):  # one at a time: Glance's sqlite database locks otherwise
         tiny(i)
-    return {"src": src, "raw": raw, "qcow2": qcow2, "sparse": sparse, "size": size}
+    return {"src": src, "raw": raw, "raw_store": store_file(glance, raw), "qcow2": qcow2,
+            "sparse": sparse, "size": size}
 
 
-def one_run(work: Path, glance: GlanceServer, images: dict, memory: str) -> dict:
-    raw, src = images["raw"], images["src"]
+def one_run(work: Path, glance: GlanceServer, images: dict, memory: str,
+            place: Placement) -> dict:
+    raw, src, store = images["raw"], images["src"], images["raw_store"]
     r: dict[str, float] = {}
     token = "alice-token"
+    place.place_glance(glance)
+    client = place.client
 
     # cold sequential: curl baseline, then a fresh mount
-    drop_page_cache()
+    cold_client(place, store)
     r["curl_s"], r["curl_cpu"], (r["curl_glance_cpu"],) = timed_cpu(
-        ["curl", "-sf", "-H", f"X-Auth-Token: {token}", f"{glance.url}/v2/images/{raw}/file",
-         "-o", "/dev/null"], glance.proc.pid)
+        client(["curl", "-sf", "-H", f"X-Auth-Token: {token}",
+                f"{glance.url}/v2/images/{raw}/file", "-o", "/dev/null"]), glance.proc.pid)
     cache = new_cache(work)
-    m = Mount(work, glance, cache, token, memory)
-    prepare(m, glance, raw)
+    m = Mount(work, glance, place, cache, token, memory)
+    prepare(m, glance, place, raw, store)
     r["cold_s"], r["cold_dd_cpu"], (r["cold_glance_cpu"], r["cold_daemon_cpu"]) = timed_cpu(
-        dd_cmd(m.data(raw)), glance.proc.pid, m.proc.pid)
+        client(dd_cmd(m.data(raw))), glance.proc.pid, m.proc.pid)
     r["cold_server_bytes"] = glance.stats()["data_bytes"]
     r["peak_rss"] = m.peak_rss()
 
     # warm sequential: the same file again; baseline a page-cached local file.
     # One read takes ~0.2 s, so a single pair is mostly noise: take the median
     # of WARM_PAIRS, alternating.
-    dd(src)
+    dd(place, src)
     warm, local = [], []
     for _ in range(WARM_PAIRS):
-        warm.append(dd(m.data(raw)))
-        local.append(dd(src))
+        warm.append(dd(place, m.data(raw)))
+        local.append(dd(place, src))
     r["warm_s"], r["local_warm_s"] = statistics.median(warm), statistics.median(local)
     m.close()
 
     # the cold read again with no disk tier: what filling it costs (not a target)
     nodisk = new_cache(work)
-    m = Mount(work, glance, nodisk, token, memory, "--cache-size", "0")
-    prepare(m, glance, raw)
-    r["cold_nodisk_s"] = dd(m.data(raw))
+    m = Mount(work, glance, place, nodisk, token, memory, "--cache-size", "0")
+    prepare(m, glance, place, raw, store)
+    r["cold_nodisk_s"] = dd(place, m.data(raw))
     m.close()
     shutil.rmtree(nodisk, ignore_errors=True)
 
     # disk-cache read: remount on the same cache dir; baseline a local file, both
-    # after dropping the page cache.  The disk's speed here drifts by 2x within
+    # after cold_client (the server sends nothing here, but the page cache then
+    # holds the same for both).  The disk's speed here drifts by 2x within
     # minutes, so take the median of DISK_PAIRS, alternating, a fresh mount each.
     disk, local, sent = [], [], 0
     for _ in range(DISK_PAIRS):
-        m = Mount(work, glance, cache, token, memory)
-        prepare(m, glance, raw)
-        disk.append(dd(m.data(raw)))
+        m = Mount(work, glance, place, cache, token, memory)
+        prepare(m, glance, place, raw, store)
+        disk.append(dd(place, m.data(raw)))
         sent += glance.stats()["data_bytes"]
         m.close()
-        drop_page_cache()
-        local.append(dd(src))
+        cold_client(place, store)
+        local.append(dd(place, src))
     r["disk_s"], r["local_cold_s"] = statistics.median(disk), statistics.median(local)
     r["disk_server_bytes"] = sent
     shutil.rmtree(cache)
 
     # qemu-img info, cold
     cache = new_cache(work)
-    m = Mount(work, glance, cache, token, memory)
-    prepare(m, glance, images["qcow2"], drop=False)
-    r["qemu_img_info_s"] = timed(["qemu-img", "info", str(m.data(images["qcow2"]))])
+    m = Mount(work, glance, place, cache, token, memory)
+    prepare(m, glance, place, images["qcow2"], None)
+    r["qemu_img_info_s"] = timed(client(["qemu-img", "info", str(m.data(images["qcow2"]))]))
     r["qemu_img_info_bytes"] = glance.stats()["data_bytes"]
     m.close()
     shutil.rmtree(cache)
 
     # 4 readers at once, cold
     cache = new_cache(work)
-    m = Mount(work, glance, cache, token, memory)
-    prepare(m, glance, raw)
+    m = Mount(work, glance, place, cache, token, memory)
+    prepare(m, glance, place, raw, store)
     start = time.perf_counter()
-    procs = [subprocess.Popen(["dd", f"if={m.data(raw)}", "of=/dev/null", "bs=1M"],
+    procs = [subprocess.Popen(client(dd_cmd(m.data(raw))),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for _ in range(4)]
     if any(p.wait() != 0 for p in procs):
@@ -257,13 +376,13 @@ def one_run(work: Path, glance: GlanceServer, images: dict, memory: str) -> dict
 
     # ls -l of the root with the listing images (bob's project)
     cache = new_cache(work)
-    m = Mount(work, glance, cache, "bob-token", memory)
+    m = Mount(work, glance, place, cache, "bob-token", memory)
     glance.reset()
-    r["ls_cold_s"] = timed(["ls", "-l", str(m.path)])
+    r["ls_cold_s"] = timed(client(["ls", "-l", str(m.path)]))
     stats = glance.stats()
     r["ls_cold_calls"] = stats["list_requests"] + stats["get_requests"]
     glance.reset()
-    r["ls_warm_s"] = timed(["ls", "-l", str(m.path)])
+    r["ls_warm_s"] = timed(client(["ls", "-l", str(m.path)]))
     stats = glance.stats()
     r["ls_warm_calls"] = stats["list_requests"] + stats["get_requests"]
     m.close()
@@ -285,6 +404,7 @@ def summarize(runs: list[dict], images: dict, memory: int, listing: int, page_si
         "cold_vs_curl": ratio("cold_s", "curl_s"),
         "cold_MiBps": stat([size / MiB / r["cold_s"] for r in runs]),
         "cold_nodisk_vs_curl": ratio("cold_nodisk_s", "curl_s"),
+        "cold_vs_nodisk": ratio("cold_s", "cold_nodisk_s"),
         # CPU seconds per GiB: where a cold read's CPU goes, Glance's included
         **{f"{k}_per_GiB": stat([r[k] * GiB / size for r in runs])
            for k in ("curl_cpu", "curl_glance_cpu", "cold_dd_cpu", "cold_glance_cpu",
@@ -309,6 +429,7 @@ def summarize(runs: list[dict], images: dict, memory: int, listing: int, page_si
     }
     out["targets"] = {
         "cold >= 0.8x curl": out["cold_vs_curl"]["median"] >= 0.8,
+        "cold with disk tier >= 0.9x --cache-size 0": out["cold_vs_nodisk"]["median"] >= 0.9,
         "warm >= 0.5x page-cached local": out["warm_vs_local_warm"]["median"] >= 0.5,
         "disk-cache >= 0.7x cold local": out["disk_vs_local_cold"]["median"] >= 0.7,
         "qemu-img info <= 1 MiB": out["qemu_img_info_bytes"]["median"] <= MiB,
@@ -331,7 +452,8 @@ def print_table(s: dict) -> None:
          f"dd {f(s['cold_dd_cpu_per_GiB'])}, Glance {f(s['cold_glance_cpu_per_GiB'])}; "
          f"curl run: curl {f(s['curl_cpu_per_GiB'])}, Glance {f(s['curl_glance_cpu_per_GiB'])}"),
         ("  no disk tier", f(s["cold_nodisk_vs_curl"]) + " x curl",
-         "the same cold read with --cache-size 0 (not a target)"),
+         (f"the same cold read with --cache-size 0; with the disk tier "
+          f"{f(s['cold_vs_nodisk'])} x this")),
         ("warm sequential", f(s["warm_vs_local_warm"]) + " x local",
          f"{f(s['warm_MiBps'], '{:.0f}')} MiB/s"),
         ("disk-cache read", f(s["disk_vs_local_cold"]) + " x local",
@@ -364,30 +486,53 @@ def main() -> int:
     p.add_argument("--memory-cache", default="256M", help="the mount's memory cache (default 256M)")
     p.add_argument("--out", default="bench-results.json", help="JSON output file")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"--pin: only the table with Glance on CPU {SERVER_CPU} and the client "
+                        f"side on CPU {CLIENT_CPU}; --no-pin: only the table without; "
+                        "default: both, their runs alternating")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (to drop the page cache and mount)", file=sys.stderr)
         return 2
-    for tool in ("curl", "dd", "qemu-img", "qemu-io", "fusermount3"):
+    for tool in ("curl", "dd", "cat", "qemu-img", "qemu-io", "fusermount3"):
         if not shutil.which(tool):
             print(f"bench: {tool} is missing (run scripts/setup)", file=sys.stderr)
             return 2
+    pinned = [False, True] if args.pin is None else [args.pin]
+    note = pinning_unavailable() if True in pinned else None
+    if note:
+        print(f"bench: pinning skipped: {note}", file=sys.stderr)
+        pinned = [False]
+    places = [Placement(p) for p in pinned]
     size = parse_size(args.size)
     work = Path(tempfile.mkdtemp(prefix="imagefs-bench-"))
     glance = GlanceServer(work / "glance")
     try:
         glance.start()
         images = setup(work, glance, size, args.listing)
-        runs = []
+        runs: dict[str, list[dict]] = {place.name: [] for place in places}
         for i in range(args.reps):
-            print(f"bench: run {i + 1} of {args.reps}", file=sys.stderr)
-            runs.append(one_run(work, glance, images, args.memory_cache))
-        summary = summarize(runs, images, parse_size(args.memory_cache), args.listing, 100)
-        summary["size"] = size
-        summary["runs"] = runs
-        Path(args.out).write_text(json.dumps(summary, indent=2))
-        print_table(summary)
-        print(f"\n(written to {args.out})")
+            # alternate which table goes first, so that drift over the run
+            # falls on both alike
+            for place in places[::-1] if i % 2 else places:
+                print(f"bench: run {i + 1} of {args.reps}, {place.name}", file=sys.stderr)
+                runs[place.name].append(one_run(work, glance, images, args.memory_cache, place))
+        out: dict = {"size": size, "pinning_skipped": note}
+        for place in places:
+            summary = summarize(runs[place.name], images, parse_size(args.memory_cache),
+                                args.listing, 100)
+            summary["runs"] = runs[place.name]
+            out[place.name] = summary
+            where = (f"Glance on CPU {SERVER_CPU}, the client side on CPU {CLIENT_CPU}"
+                     if place.pinned else
+                     f"every process on CPUs {','.join(map(str, place.anywhere))}")
+            print(f"{place.name}: {where}")
+            print_table(summary)
+            print()
+        if note:
+            print(f"(pinning skipped: {note})")
+        Path(args.out).write_text(json.dumps(out, indent=2))
+        print(f"(written to {args.out})")
     finally:
         glance.stop()
         if not args.keep:
