@@ -572,7 +572,7 @@ class BlockReader:
                         for flight in flights:
                             self._wait_for_stream_from_start(image, flight.key.index, flight)
                         return 0
-                    except BackendUnavailable as exc:
+                    except BackendUnavailable:
                         delay = backoff.next_delay()
                         if delay is None:
                             raise

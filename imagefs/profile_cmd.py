@@ -8,8 +8,8 @@ from pathlib import Path
 from .config import default_cache_dir
 from .errors import ImageNotFound
 from .output import print_table
-from .progress import human
 from .profiles import ProfileStore
+from .progress import human
 
 
 def add_arguments(top, fmt) -> None:

@@ -44,13 +44,12 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import trio
 
+from .atomic import write_whole
 from .blocks import BlockReader, ImageRef
 
 log = logging.getLogger(__name__)
@@ -222,20 +221,10 @@ class ProfileStore:
         old = self.load(profile.image_id, profile.version)
         if old is not None:
             profile = old.merged(profile)
-        path = self.path(profile.image_id, profile.version)
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".profile.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(profile.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # hosts sharing the directory read each other's
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        # 0644: hosts sharing the directory read each other's profiles
+        write_whole(self.path(profile.image_id, profile.version), profile.to_json().encode(),
+                    mode=0o644, sync=True)
         return profile
 
     def _warn(self, path: Path, why: str) -> None:

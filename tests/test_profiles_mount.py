@@ -26,10 +26,9 @@ pytestmark = [pytest.mark.mount, pytest.mark.glance]
 MiB = 1 << 20
 SIZE = 64 * MiB + 4321
 #: The "boot": 60 reads of 4-64 KiB spread over the image, and one short run.
-READS = [(random.Random(7).randrange(SIZE - 65536) // 4096 * 4096,
-          random.Random(i).choice((4096, 16384, 65536))) for i in range(60)]
-READS = [(random.Random(i).randrange(SIZE - 65536) // 4096 * 4096, size)
-         for i, (_, size) in enumerate(READS)] + [(8 * MiB + i * 65536, 65536) for i in range(16)]
+_rng = random.Random(7)
+READS = [(_rng.randrange(SIZE - 65536) // 4096 * 4096, _rng.choice((4096, 16384, 65536)))
+         for _ in range(60)] + [(8 * MiB + i * 65536, 65536) for i in range(16)]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +50,18 @@ def boot(m: Mount, image_id: str, data: bytes) -> None:
             assert os.pread(fd, size, offset) == data[offset:offset + size]
     finally:
         os.close(fd)
+
+
+def first_boot(glance, image_id: str, data: bytes, tmp_path):
+    """Boot on host 1 with a fresh cache; its profile directory, with the profile."""
+    shared = tmp_path / "profiles"
+    first = Mount(tmp_path / "host1", tmp_path / "cache1", env(glance),
+                  "--profile-dir", str(shared))
+    try:
+        boot(first, image_id, data)
+    finally:
+        assert first.unmount() == 0, first.output()
+    return shared
 
 
 def imagefs(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -77,13 +88,7 @@ def wait_for_replay(m: Mount, image_id: str, timeout: float = 60) -> dict:
 def test_a_second_host_with_the_shared_profile_fetches_nothing_during_its_boot(
         glance, image, tmp_path):
     image_id, data = image
-    shared = tmp_path / "profiles"
-    first = Mount(tmp_path / "host1", tmp_path / "cache1", env(glance),
-                  "--profile-dir", str(shared))
-    try:
-        boot(first, image_id, data)
-    finally:
-        assert first.unmount() == 0, first.output()
+    shared = first_boot(glance, image_id, data, tmp_path)
     shown = imagefs("profile", "show", image_id, "--profile-dir", str(shared), "-f", "json")
     assert shown.returncode == 0, shown.stderr
     profile = json.loads(shown.stdout)[0]
@@ -114,13 +119,7 @@ def test_a_second_host_with_the_shared_profile_fetches_nothing_during_its_boot(
 def test_prefetch_profile_only_then_whole_image_and_both_survive_a_remount(
         glance, image, tmp_path):
     image_id, data = image
-    shared = tmp_path / "profiles"
-    first = Mount(tmp_path / "host1", tmp_path / "cache1", env(glance),
-                  "--profile-dir", str(shared))
-    try:
-        boot(first, image_id, data)
-    finally:
-        assert first.unmount() == 0, first.output()
+    shared = first_boot(glance, image_id, data, tmp_path)
 
     # a mount that neither records nor has the image open: prefetch the profile
     cache = tmp_path / "cache2"

@@ -26,9 +26,10 @@ import dataclasses
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
+
+from ..atomic import write_whole
 
 INDEX_NAME = "image.json"
 _FIELDS = ("id", "version", "block_size", "name", "size", "visibility")
@@ -69,19 +70,8 @@ def read_index(image_dir: Path) -> dict[str, Any] | None:
 def write_index(image_dir: Path, about: dict[str, Any]) -> None:
     """Write the index whole, or leave the one there was: a temporary file of this
     process and thread, renamed into place.  Raises ``OSError``."""
-    tmp = image_dir / f".{INDEX_NAME}.{os.getpid()}.{threading.get_ident()}"
     data = json.dumps({k: about.get(k) for k in _FIELDS}, sort_keys=True).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        if os.write(fd, data) != len(data):
-            raise OSError("short write")
-    except OSError:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    os.close(fd)
-    os.replace(tmp, image_dir / INDEX_NAME)
+    write_whole(image_dir / INDEX_NAME, data)
 
 
 def read_cache(blocks: Path, slots_in) -> list[CachedImage]:
