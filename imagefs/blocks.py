@@ -67,6 +67,8 @@ MAX_STREAMS = 4
 STREAM_REACH = 2
 #: Seconds a failed flight answers new readers of its block (see the docstring).
 FAILURE_GRACE = 0.5
+#: Seconds between two progress lines of a stream in the log.
+PROGRESS_EVERY = 5.0
 #: Blocks one ranged read of a warm-up asks for at most (one group file's).
 WARM_RUN = 16
 #: Seconds a warm-up waits, before its next read, while a reader's fetch waits for a thread.
@@ -686,9 +688,18 @@ class BlockReader:
 
     async def _run_stream(self, image: ImageRef, stream: Stream) -> None:
         token = trio.lowlevel.current_trio_token()
+        began = logged = trio.current_time()
+        first = stream.position
 
         def deliver(index: int, data: bytes) -> None:  # on the trio thread; must not raise
+            nonlocal logged
             stream.position = index + 1
+            now = trio.current_time()
+            if now - logged >= PROGRESS_EVERY:  # long work says how far it is, now and then
+                logged = now
+                log.info("image %s: streaming, at %.0f of %.0f MiB (%.0f MiB/s)", image.id,
+                         stream.position * self.block_size / 2**20, image.size / 2**20,
+                         (stream.position - first) * self.block_size / 2**20 / max(now - began, 1e-3))
             key = self.key(image, index)
             self.cache.put(key, data)
             self._count(image, data)
