@@ -697,9 +697,10 @@ class BlockReader:
             now = trio.current_time()
             if now - logged >= PROGRESS_EVERY:  # long work says how far it is, now and then
                 logged = now
+                mib = self.block_size / 2**20
                 log.info("image %s: streaming, at %.0f of %.0f MiB (%.0f MiB/s)", image.id,
-                         stream.position * self.block_size / 2**20, image.size / 2**20,
-                         (stream.position - first) * self.block_size / 2**20 / max(now - began, 1e-3))
+                         stream.position * mib, image.size / 2**20,
+                         (stream.position - first) * mib / max(now - began, 1e-3))
             key = self.key(image, index)
             self.cache.put(key, data)
             self._count(image, data)
