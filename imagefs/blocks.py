@@ -475,15 +475,18 @@ class BlockReader:
             return data
 
     # ---- warming: boot profiles, ``imagefs prefetch`` ------------------------------------
-    async def warm(self, image: ImageRef, ranges, progress: Callable[[dict], None] | None = None
-                   ) -> dict:
+    async def warm(self, image: ImageRef, ranges, progress: Callable[[dict], None] | None = None,
+                   *, in_memory: bool = False) -> dict:
         """Bring the blocks of ``ranges`` (byte ranges ``(start, end)``, in the order
         given) into the cache ahead of any reader: ranged reads of up to ``WARM_RUN``
         consecutive blocks, ``WARM_PARALLEL`` at once, each started only while no
         reader's fetch is waiting for a thread.  Blocks cached or on their way cost
-        nothing.  Returns (and passes ``progress`` after each run) the figures so far:
-        ``blocks`` and ``bytes`` to warm, ``done`` blocks, ``cached`` blocks that were
-        there already, ``fetched`` bytes, ``failed`` blocks."""
+        nothing.  The blocks go to the disk tier, and with ``in_memory`` (a boot
+        profile's, which a boot is about to read) to the memory tier too: a boot that
+        found its blocks only on disk took 33 s against 27 s, waiting on reads from
+        the cache's disk.  Returns (and passes ``progress`` after each run) the figures
+        so far: ``blocks`` and ``bytes`` to warm, ``done`` blocks, ``cached`` blocks
+        that were there already, ``fetched`` bytes, ``failed`` blocks."""
         order: dict[int, None] = {}
         for start, end in ranges:
             start, end = max(0, start), min(end, image.size)
@@ -504,7 +507,7 @@ class BlockReader:
 
         async def one(run: list[int]) -> None:
             try:
-                await self._warm_run(image, run, figures)
+                await self._warm_run(image, run, figures, in_memory)
             finally:
                 slots.release()
                 figures["done"] += len(run)
@@ -517,7 +520,8 @@ class BlockReader:
                 nursery.start_soon(one, run)
         return figures
 
-    async def _warm_run(self, image: ImageRef, run: list[int], figures: dict) -> None:
+    async def _warm_run(self, image: ImageRef, run: list[int], figures: dict,
+                        in_memory: bool) -> None:
         todo = []
         for index in run:
             key = self.key(image, index)
@@ -535,11 +539,12 @@ class BlockReader:
                 key = self.key(image, index)
                 flight = self._flights[key] = _Flight(key, deadline)
                 flights.append(flight)
-            fetched = await self._fetch_range(image, piece[0], flights)
+            fetched = await self._fetch_range(image, piece[0], flights, in_memory)
             figures["fetched"] += fetched
             figures["failed"] += sum(1 for f in flights if f.error is not None)
 
-    async def _fetch_range(self, image: ImageRef, first: int, flights: list[_Flight]) -> int:
+    async def _fetch_range(self, image: ImageRef, first: int, flights: list[_Flight],
+                           in_memory: bool) -> int:
         """Fill ``flights`` (blocks ``first``...) with one ranged read, retried until
         their deadline, after any reader's fetch; the bytes fetched."""
         bs = self.block_size
@@ -583,7 +588,7 @@ class BlockReader:
                 for i, flight in enumerate(flights):
                     piece = data[i * bs:(i + 1) * bs]
                     self._count(image, piece)
-                    if store is None:
+                    if store is None or in_memory:
                         self.cache.put(flight.key, piece)
                     self._complete(flight, piece)
                     self._note_fetched(image, flight.key.index, source.kind)

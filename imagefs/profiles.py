@@ -322,7 +322,8 @@ class BootProfiles:
         def progress(figures: dict) -> None:
             self.replays[image.id] = {**figures, "finished": False}
 
-        figures = await self.blocks.warm(image, list(profile.byte_ranges()), progress)
+        figures = await self.blocks.warm(image, list(profile.byte_ranges()), progress,
+                                         in_memory=True)
         self.replays[image.id] = {**figures, "finished": True}
         log.info("image %s: boot profile replayed: %d blocks, %d cached already, %.1f MiB "
                  "fetched, %d failed", image.id, figures["blocks"], figures["cached"],

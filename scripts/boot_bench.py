@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -182,9 +183,19 @@ def main() -> int:
                             "container_format": "bare"}, data=f)["id"]
             links = {f"link {args.rate:g} MB/s": args.rate * MB, "no limit": None}
             results = {link: [] for link in links}
-            for _ in range(args.reps):
-                for link, rate in links.items():
-                    results[link].append(one_rep(work, glance, image_id, accel, rate))
+            try:
+                for _ in range(args.reps):
+                    for link, rate in links.items():
+                        results[link].append(one_rep(work, glance, image_id, accel, rate))
+            except guest.BootFailed:
+                kept = Path(tempfile.mkdtemp(prefix="imagefs-boot-bench-failed."))
+                for log in [work / "mount.log", *work.glob("*/console.txt"),
+                            *work.glob("*/qemu.txt")]:
+                    if log.exists():
+                        shutil.copy(log, kept / f"{log.parent.name}-{log.name}")
+                print(f"boot-bench: a boot failed; the mounts' log and the consoles are in "
+                      f"{kept}", file=sys.stderr)
+                raise
     for link, reps in results.items():
         print_table(link, reps, raw.stat().st_size)
     return 0
