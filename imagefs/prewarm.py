@@ -91,6 +91,9 @@ class Warmer:
             job.update(figures)
         except ImagefsError as exc:
             job["failure"] = str(exc)
+        except Exception as exc:  # a bug: the job fails, the mount stays
+            log.exception("prefetch of image %s failed", image.id)
+            job["failure"] = f"internal error: {exc!r}"
         job["seconds"] = trio.current_time() - began
         job["finished"] = True
         log.info("prefetch of image %s done in %.1f s: %d blocks, %d cached already, %s "

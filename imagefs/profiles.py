@@ -283,7 +283,10 @@ class BootProfiles:
 
     async def _save_after_window(self, rec: _Recording) -> None:
         await trio.sleep(self.window)
-        await trio.to_thread.run_sync(self._save, rec)
+        try:
+            await trio.to_thread.run_sync(self._save, rec)
+        except Exception:  # a bug here must cost the profile, not the mount
+            log.exception("image %s: saving its boot profile failed", rec.image.id)
 
     def _save(self, rec: _Recording) -> None:
         if rec.saved or not rec.touched:
@@ -307,6 +310,13 @@ class BootProfiles:
             self._save(rec)
 
     async def _replay(self, image: ImageRef) -> None:
+        try:
+            await self._replay_profile(image)
+        except Exception:  # a bug here must cost the replay, not the mount
+            log.exception("image %s: replaying its boot profile failed", image.id)
+            self.replays[image.id] = {"finished": True, "failure": "internal error (logged)"}
+
+    async def _replay_profile(self, image: ImageRef) -> None:
         profile = await trio.to_thread.run_sync(self.store.load, image.id, image.version)
         if profile is None:
             return
