@@ -363,11 +363,11 @@ class ImageFS:
             return handle.content[offset:offset + size]
         if self.profiles is not None:
             self.profiles.on_read(handle.image, offset, size)
+        guided = self._guided(handle, offset, size)  # (counts every read's misses)
         if handle.prefetcher is not None:
             start, end = handle.prefetcher.on_read(offset, size)
             if end > start:
-                self.blocks.prefetch(handle.image, start, end,
-                                     cached_only=self._guided(handle, offset, size))
+                self.blocks.prefetch(handle.image, start, end, cached_only=guided)
         data = await self.blocks.read(handle.image, offset, size)
         self.reads["requests"] += 1
         self.reads["bytes"] += len(data)

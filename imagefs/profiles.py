@@ -5,8 +5,9 @@ and lasts ``window`` seconds (``--profile-window``, 120 by default), across
 every open of the file: ``qemu-img create -b`` opens and closes the backing
 file before the VM starts, as Nova does, so a close does not end it.  It
 notes the blocks read, each with the time of its first touch, and is saved
-when the window ends or the mount does.  Only reads count: the mount's own
-readahead and a replay do not.
+when the window ends or the mount does, unless it read over ``MAX_SHARE``
+of the image (a whole-image copy is not a boot).  Only reads count: the
+mount's own readahead and a replay do not.
 
 A **profile** is a small JSON file in the profile directory (``--profile-dir``,
 by default ``<cache dir>/profiles``; hosts that share one, over NFS say,
@@ -57,6 +58,9 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 #: Ranges a profile keeps at most (the earliest touched).
 MAX_RANGES = 4096
+#: A recording that read more of its image than this is a copy, not a boot: not saved
+#: (a boot reads a few percent: 6% of the test guest's raw disk).
+MAX_SHARE = 0.5
 #: Seconds a replay guides readahead on a mount that records nothing.
 GUIDE_S = 120.0
 #: While a profile guides, a reader that misses this many bytes gets readahead back.
@@ -294,6 +298,11 @@ class BootProfiles:
         rec.saved = True
         profile = Profile.of_blocks(rec.image, self.blocks.block_size, dict(rec.touched),
                                     self.window)
+        if profile.bytes > MAX_SHARE * rec.image.size:
+            log.info("image %s: not saving a boot profile: %.0f%% of the image was read "
+                     "in its window (a copy, not a boot)", rec.image.id,
+                     100 * profile.bytes / max(rec.image.size, 1))
+            return
         try:
             saved = self.store.save(profile)
         except OSError as exc:
@@ -307,7 +316,10 @@ class BootProfiles:
     def save_all(self) -> None:
         """Save every recording not saved yet (at unmount; blocking)."""
         for rec in self._recordings.values():
-            self._save(rec)
+            try:
+                self._save(rec)
+            except Exception:  # a bug here must not fail the unmount
+                log.exception("image %s: saving its boot profile failed", rec.image.id)
 
     async def _replay(self, image: ImageRef) -> None:
         try:

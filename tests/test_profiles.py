@@ -118,3 +118,15 @@ def test_a_failing_warm_up_gives_up_at_the_deadline_and_readers_fetch_for_themse
         assert await reader.read(image, 0, BS) == data[:BS]  # not the warm-up's failure
 
     run(source, body)
+
+
+def test_a_recording_of_most_of_an_image_is_a_copy_and_is_not_saved(tmp_path):
+    import types
+
+    from imagefs.profiles import BootProfiles, _Recording
+    store = ProfileStore(tmp_path / "p")
+    profiles = BootProfiles(store, types.SimpleNamespace(block_size=BS), 120, nursery=None)
+    profiles._save(_Recording(IMAGE, 0.0, {i: i / 10 for i in range(60)}))  # 60 of 101
+    assert store.load(IMAGE.id, "v1") is None
+    profiles._save(_Recording(IMAGE, 0.0, {i: i / 10 for i in range(6)}))
+    assert store.load(IMAGE.id, "v1").bytes == 6 * BS
