@@ -352,6 +352,17 @@ def _pieces(body, size: int = _PIECE):
             yield chunk[start:start + size] if len(chunk) > size else chunk
 
 
+def stop_group(proc: subprocess.Popen | None) -> None:
+    """End a server started in a process group of its own: TERM, then KILL after 10 s."""
+    if proc and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -436,13 +447,7 @@ class GlanceServer:
         raise RuntimeError(f"Glance did not start within {timeout}s")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
 
     def __enter__(self):
         return self.start()

@@ -57,7 +57,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from glance_server import free_port
+from glance_server import free_port, stop_group
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin-secret"
@@ -163,13 +163,7 @@ class KeystoneServer:
         raise RuntimeError(f"Keystone did not start within {timeout}s")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
 
     def __enter__(self):
         return self.start()

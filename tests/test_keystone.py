@@ -123,6 +123,17 @@ def read_uncached(path: Path, data: bytes) -> None:
     assert read_at(path, UNCACHED_AT, MiB) == data[UNCACHED_AT: UNCACHED_AT + MiB]
 
 
+def refused_once_then_served(glance, mnt, data: Path, images) -> None:
+    """An uncached read and a listing work; Glance refused the old token once on the way."""
+    before = glance.stats()
+    read_uncached(data, images.data)
+    assert images.alice in os.listdir(mnt.path)
+    after = glance.stats()
+    assert after["unauthorized"] > before["unauthorized"]  # refused once, then served
+    assert after["data_requests"] > before["data_requests"]
+    assert mnt.proc.poll() is None
+
+
 def probe_refusal(path: Path) -> None:
     """A read refused (EACCES) because the token file still holds a dead token:
     proof that Glance does refuse it, before the file is rewritten."""
@@ -227,13 +238,7 @@ def test_a_password_mount_authenticates_again_when_its_token_is_revoked(
     keystone.set_user_enabled(dave.id, False)
     keystone.set_user_enabled(dave.id, True)
     time.sleep(1.1)
-    before = glance_ks.stats()
-    read_uncached(data, images.data)
-    assert images.alice in os.listdir(mnt.path)
-    after = glance_ks.stats()
-    assert after["unauthorized"] > before["unauthorized"]  # refused once, then served
-    assert after["data_requests"] > before["data_requests"]
-    assert mnt.proc.poll() is None
+    refused_once_then_served(glance_ks, mnt, data, images)
 
 
 def test_a_token_file_rewritten_after_revocation_is_read_again_on_401(
@@ -249,13 +254,7 @@ def test_a_token_file_rewritten_after_revocation_is_read_again_on_401(
     assert not keystone.token_is_valid(first)
     probe_refusal(data)
     write_token(token_file, alice.token(keystone))
-    before = glance_ks.stats()
-    read_uncached(data, images.data)
-    assert images.alice in os.listdir(mnt.path)
-    after = glance_ks.stats()
-    assert after["unauthorized"] > before["unauthorized"]  # refused once, then served
-    assert after["data_requests"] > before["data_requests"]
-    assert mnt.proc.poll() is None
+    refused_once_then_served(glance_ks, mnt, data, images)
 
 
 # --- tokens that expire under a mount ------------------------------------------
