@@ -666,8 +666,11 @@ class BlockReader:
 
     # ---- streams ----------------------------------------------------------------------
     def _stream_near(self, image: ImageRef, index: int) -> Stream | None:
-        return next((s for s in self._streams.get(image.id, ())
-                     if s.seekable and s.near(index, STREAM_REACH)), None)
+        """A seekable stream that will fetch block ``index`` anyway, else one that
+        nearly reaches it (extending another would fetch the block twice)."""
+        near = [s for s in self._streams.get(image.id, ())
+                if s.seekable and s.near(index, STREAM_REACH)]
+        return next((s for s in near if index < s.limit), near[0] if near else None)
 
     def _stream_from_start(self, image: ImageRef) -> Stream:
         """The image's stream from the start: the one running, else a new one."""

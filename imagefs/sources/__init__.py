@@ -26,6 +26,12 @@ from typing import Iterable, Iterator, Protocol
 from ..errors import BackendUnavailable, ImagefsError
 
 
+#: Kinds of source whose every request costs the service much more than its bytes
+#: (Glance's API: authentication, database and policy on each, ~10 ms of CPU): a
+#: stream asks them for long ranges (``imagefs.streams``).
+COSTLY_REQUESTS = frozenset({"glance"})
+
+
 class Unusable(ImagefsError):
     """A direct source cannot serve this image (the message says why): read it
     through the image service instead."""
