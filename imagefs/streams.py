@@ -61,19 +61,21 @@ def cut_blocks(chunks: Iterable[bytes], first: int,
     partial block is not yielded (the caller sees where the blocks stopped).
     Each byte is copied at most once (a chunk that is exactly a block, none)."""
     index, want = first, length(first)
-    buf = bytearray()
+    parts: list = []   # pieces of the block begun in earlier chunks
+    have = 0
     for chunk in chunks:
         if want <= 0:
             return
         view, start = memoryview(chunk), 0
-        if buf:  # complete the block begun in an earlier chunk
-            take = min(want - len(buf), len(view))
-            buf += view[:take]
+        if parts:  # complete the block begun in an earlier chunk
+            take = min(want - have, len(view))
+            parts.append(view[:take])
+            have += take
             start = take
-            if len(buf) < want:
+            if have < want:
                 continue
-            yield index, bytes(buf)
-            buf = bytearray()
+            yield index, b"".join(parts)
+            parts, have = [], 0
             index += 1
             want = length(index)
         if start == 0 and len(view) == want:  # the usual case: chunks are blocks
@@ -87,7 +89,8 @@ def cut_blocks(chunks: Iterable[bytes], first: int,
             index += 1
             want = length(index)
         if want > 0 and start < len(view):
-            buf += view[start:]
+            parts.append(view[start:])
+            have = len(view) - start
 
 
 class Stream:

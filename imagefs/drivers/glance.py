@@ -40,6 +40,7 @@ from typing import Any, Iterator
 
 import glanceclient
 import requests
+import urllib3
 from glanceclient import exc as gc_exc
 from keystoneauth1 import exceptions as ksa_exc
 from keystoneauth1 import session as ksa_session
@@ -53,7 +54,7 @@ from ..records import make_record
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
+CHUNK = 256 << 10
 _IMAGE_PATH = re.compile(r"^(?P<base>.*?)/v2/images/(?P<id>[0-9a-fA-F-]{32,36})/?$")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -84,7 +85,8 @@ def _translate(what: str):
         raise error_for_status(e.code, f"{what}: {e.details or e}") from e
     except (gc_exc.CommunicationError, gc_exc.InvalidEndpoint, ksa_exc.ConnectionError,
             requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-            requests.exceptions.ChunkedEncodingError, ConnectionError) as e:
+            requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError,
+            ConnectionError, TimeoutError) as e:
         raise BackendUnavailable(f"{what}: cannot reach the image service: {e}") from e
     except ksa_exc.HttpError as e:
         raise error_for_status(e.http_status, f"{what}: {e.message}") from e
@@ -402,8 +404,11 @@ class GlanceDriver:
     def _stream_body(self, resp, image_id: str, length: int | None) -> Iterator[bytes]:
         """The body of ``resp`` in chunks; exactly ``length`` bytes when given."""
         got = 0
+        # The raw body, decoded only if it is encoded: requests' iter_content would
+        # pass every byte through urllib3's decode buffer, one more copy of it.
+        decode = bool(resp.headers.get("Content-Encoding"))
         with contextlib.closing(resp), _translate(f"reading image {image_id}"):
-            for chunk in resp.iter_content(CHUNK):
+            for chunk in resp.raw.stream(CHUNK, decode_content=decode):
                 got += len(chunk)
                 yield chunk
         if length is not None and got < length:
