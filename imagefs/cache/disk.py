@@ -553,8 +553,9 @@ class DiskCache:
         if any(len(data) > bs for _, data in run):
             raise ValueError(f"a block is over the block size of {bs} bytes")
         where, slot = self.locate(key)
-        data = run[0][1] if len(run) == 1 else b"".join(d for _, d in run)
-        need = -(-len(data) // _ALIGN) * _ALIGN + _ALIGN * len(run)  # pages and headers
+        parts = [d for _, d in run]
+        length = sum(len(d) for d in parts)
+        need = -(-length // _ALIGN) * _ALIGN + _ALIGN * len(run)  # pages and headers
         with self._evicting:
             with self._lock:
                 room, victims = self._make_room(where, need)
@@ -566,7 +567,7 @@ class DiskCache:
                            .ljust(_ENTRY, b"\0") for k, d in run)
         path = self.path(key)
         try:
-            self._write_slot(key, where, path, data, headers, slot, bs)
+            self._write_slot(key, where, path, parts, headers, slot, bs)
         except OSError as exc:  # a full or broken cache disk costs speed, not reads
             self._store_failed(where, exc)
             return
@@ -586,11 +587,11 @@ class DiskCache:
                     self._bytes += bs
         self._evict(storing=where[0])
 
-    def _write_slot(self, key: BlockKey, where: tuple[str, int], path: Path, data: bytes,
+    def _write_slot(self, key: BlockKey, where: tuple[str, int], path: Path, parts: list,
                     headers: bytes, slot: int, block_size: int) -> None:
-        """The blocks from ``slot`` on, then their headers; the image directory (with
-        its index) is created when missing, and a directory in the group file's place
-        is removed first."""
+        """The blocks (``parts``) from ``slot`` on, then their headers; the image
+        directory (with its index) is created when missing, and a directory in the
+        group file's place is removed first."""
         if where[0] not in self._dirs:
             path.parent.mkdir(mode=0o700, exist_ok=True)
             self._dirs.add(where[0])
@@ -598,14 +599,14 @@ class DiskCache:
             self._write_index(key, where[0])
         offset = slot * block_size
         try:
-            self._write_block(path, data, offset, block_size)
+            self._write_blocks(path, parts, offset, block_size)
         except IsADirectoryError:
             self._remove_directory(path)
-            self._write_block(path, data, offset, block_size)
+            self._write_blocks(path, parts, offset, block_size)
         except FileNotFoundError:  # its directory was evicted since: make it again
             path.parent.mkdir(mode=0o700, exist_ok=True)
             self._write_index(key, where[0])
-            self._write_block(path, data, offset, block_size)
+            self._write_blocks(path, parts, offset, block_size)
         _write_at(path, headers, GROUP_BLOCKS * block_size + slot * _ENTRY)
 
     def _write_index(self, key: BlockKey, image_dir: str) -> None:
@@ -630,14 +631,19 @@ class DiskCache:
         shutil.rmtree(path)
         log.warning("disk cache: removed the directory %s, where a group file belongs", path)
 
-    def _write_block(self, path: Path, data: bytes, offset: int, block_size: int) -> None:
-        """Write a block's bytes into its slot: with ``O_DIRECT`` where the cache's
-        filesystem takes it, otherwise through the page cache."""
-        if self._direct and block_size % _ALIGN == 0 and data:  # (no empty mapping)
-            padded = -(-len(data) // _ALIGN) * _ALIGN  # the slot has room for it
+    def _write_blocks(self, path: Path, parts: list, offset: int, block_size: int) -> None:
+        """Write consecutive blocks' bytes into their slots: with ``O_DIRECT`` where the
+        cache's filesystem takes it (each block copied once, into an aligned buffer),
+        otherwise through the page cache."""
+        length = sum(len(d) for d in parts)
+        if self._direct and block_size % _ALIGN == 0 and length:  # (no empty mapping)
+            padded = -(-length // _ALIGN) * _ALIGN  # the slot has room for it
             buf = self._aligned_buffer(padded)
-            buf[:len(data)] = data
-            buf[len(data):padded] = bytes(padded - len(data))
+            at = 0
+            for data in parts:
+                buf[at:at + len(data)] = data
+                at += len(data)
+            buf[length:padded] = bytes(padded - length)
             try:
                 with memoryview(buf) as view:
                     _write_at(path, view[:padded], offset, os.O_CREAT | os.O_DIRECT)
@@ -646,7 +652,7 @@ class DiskCache:
                 if exc.errno != errno.EINVAL:
                     raise
                 self._no_direct(exc)
-        _write_at(path, data, offset, os.O_CREAT)
+        _write_at(path, parts[0] if len(parts) == 1 else b"".join(parts), offset, os.O_CREAT)
 
     def _aligned_buffer(self, size: int) -> mmap.mmap:
         """This thread's page-aligned buffer of at least ``size`` bytes, kept for reuse
