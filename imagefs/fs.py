@@ -121,6 +121,7 @@ class ImageFS:
         self.profiles = None  # BootProfiles, when the mount records and replays them
         self.meta_limiter = trio.CapacityLimiter(4)  # listings never wait behind data fetches
         self._images: dict[str, _Image] = {}
+        self._prefetchers: dict[tuple[str, str], list] = {}  # (id, version) -> [it, opens]
         self._by_ino: dict[int, _Image] = {}
         self._next_ino = _FIRST_IMAGE_INODE
         self._listing: list[str] | None = None   # sorted, for readdir
@@ -344,11 +345,8 @@ class ImageFS:
             image = await self._image(image.id)
             self._handles[fh] = _Handle(image.ref, content=metadata_bytes(image.record))
             return fh, False
-        # A window over half the memory tier would evict blocks before they are read.
-        window = min(self.config.max_readahead, self.config.memory_cache // 2)
-        prefetcher = Prefetcher(self.config.block_size, window) if window else None
         ref = image.ref
-        self._handles[fh] = _Handle(ref, prefetcher)
+        self._handles[fh] = _Handle(ref, self._prefetcher(ref, +1))
         self.blocks.describe(ref, image.record)
         self.blocks.hold(ref)  # released by release(): an image in use keeps its blocks
         if self.profiles is not None:
@@ -383,7 +381,27 @@ class ImageFS:
             handle.missed += size
         return handle.missed < GUIDED_MISS
 
+    def _prefetcher(self, ref: ImageRef, opened: int) -> Prefetcher | None:
+        """The readahead of the image's open ``data`` files, one for all of them
+        (``opened``: +1 at an open, -1 at a release).  Several readers of one image
+        share its pages in the kernel, and the reads that reach the mount from each
+        of them have holes where another's readahead read first: four ``dd``s of
+        one cold image, each followed alone, looked random (a ranged read per
+        block, 10-14x one reader's time)."""
+        window = min(self.config.max_readahead, self.config.memory_cache // 2)
+        if not window:  # a window over half the memory tier would evict its own blocks
+            return None
+        key = (ref.id, ref.version)
+        entry = self._prefetchers.get(key)
+        if entry is None:
+            entry = self._prefetchers[key] = [Prefetcher(self.config.block_size, window), 0]
+        entry[1] += opened
+        if entry[1] <= 0:
+            del self._prefetchers[key]
+        return entry[0]
+
     def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if handle is not None and handle.content is None:  # a data file's
             self.blocks.unhold(handle.image)
+            self._prefetcher(handle.image, -1)

@@ -219,6 +219,26 @@ def test_a_long_sequential_read_is_a_few_long_requests(glance_clean, tag, tmp_pa
     assert stats["data_requests"] <= 64 + 40  # requests that end at the window: 64 + 44
 
 
+def test_readers_of_one_image_share_its_readahead(glance_clean, tag, tmp_path):
+    """Several readers of one image: the kernel sends the mount each page once,
+    from whichever reader got there first, so each reader's own reads have holes.
+    Taken together they are one sequential run, and get a stream."""
+    api, data, image = glance_image(glance_clean, tag, 64 * KiB * 256)
+
+    async def body(fs):
+        handles = [await open_data(fs, image["id"]) for _ in range(4)]
+        glance_clean.reset()
+        for index in range(256):  # block i read through handle i % 4
+            fh = handles[index % 4]
+            assert await fs.read(fh, index * 64 * KiB, 64 * KiB) == \
+                data[index * 64 * KiB:(index + 1) * 64 * KiB]
+        return glance_clean.stats()
+
+    stats = run_fs(api, ALICE, tmp_path, body, memory_cache=64 * MiB)
+    assert stats["data_bytes"] <= len(data) * 1.02
+    assert stats["data_requests"] <= 64 + 24  # each reader alone: 256, a block each
+
+
 def test_store_that_refuses_ranges_fills_blocks_by_streaming(glance_clean, tag, tmp_path):
     api, data, image = glance_image(glance_clean, tag, 64 * KiB * 10 + 999)
     glance_clean.faults(refuse_ranges=True)
