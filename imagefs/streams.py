@@ -18,8 +18,8 @@ Two kinds:
   room (``[position, limit)``), and reads the response only as far as
   ``limit``: at most twice the span of the request before, and past its
   room at most its room again, or, once it has delivered ``BULK`` bytes,
-  as much as it has delivered.  A cold 1 GiB read was 99 requests with
-  requests that end at the limit, about 40 so.  At the limit, the pump
+  as much as it has delivered.  A cold 1 GiB read took 99 requests when
+  each ended at the limit, and takes about 40 so.  At the limit, the pump
   waits for room with the response open, up to ``STREAM_HOLD`` seconds,
   while TCP holds the service back: a stream abandoned there costs what
   the socket buffers took beyond the limit (3-6 MiB on loopback), not the
