@@ -1,10 +1,14 @@
-"""cut_blocks: chunks of any size into blocks, exactly, never a partial block."""
+"""cut_blocks: chunks of any size into blocks, exactly, never a partial block;
+Stream.pump: how much it asks a source for, and how far it reads."""
 
 import random
+import threading
 
 import pytest
+from fake_source import CHUNK, FakeSource
 
-from imagefs.streams import cut_blocks
+from imagefs import streams
+from imagefs.streams import Stream, cut_blocks
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -29,13 +33,6 @@ def test_chunks_of_any_size_become_exact_blocks(seed):
 
 
 # ---- Stream.pump: how much it asks for, and how far it reads --------------------------
-import threading  # noqa: E402
-
-from fake_source import FakeSource  # noqa: E402
-
-from imagefs import streams  # noqa: E402
-from imagefs.streams import Stream  # noqa: E402
-
 BS = 64 << 10
 
 
@@ -95,9 +92,5 @@ def test_a_stream_at_its_limit_reads_no_further_and_lets_its_response_go(monkeyp
     thread.join(5)
     assert done == [12] and got == list(range(12))  # stopped at the limit, idle
     assert source.log == [(0, 8 * BS), (8 * BS, 16 * BS)]  # past the limit: twice its room ...
-    assert source.sent <= 12 * BS + streams_chunk_slack()  # ... and read only to it
-
-
-def streams_chunk_slack() -> int:
-    from fake_source import CHUNK
-    return CHUNK  # cut_blocks takes one chunk past the last block it completes
+    # ... and read only to it (cut_blocks takes one chunk past the last block it completes)
+    assert source.sent <= 12 * BS + CHUNK
