@@ -545,22 +545,23 @@ class BlockReader:
 
     async def _fetch_range(self, image: ImageRef, first: int, flights: list[_Flight],
                            in_memory: bool) -> int:
-        """Fill ``flights`` (blocks ``first``...) with one ranged read, retried until
-        their deadline, after any reader's fetch; the bytes fetched."""
+        """Fill ``flights`` (blocks ``first``... of one group file) with one ranged
+        read, retried until their deadline, after any reader's fetch; the bytes
+        fetched.  The blocks go to the disk tier with one write."""
         bs = self.block_size
         want = sum(self.block_length(image, f.key.index) for f in flights)
         deadline = flights[0].deadline
-        store = self.cache.store if self.cache.disk is not None else None
+        store = self.cache.disk is not None
 
-        def work(source: Source, timeout: float) -> bytes:  # in a worker thread
+        def work(source: Source, timeout: float) -> list[bytes]:  # in a worker thread
             data = source.read(first * bs, want, timeout=timeout)
             if len(data) != want:
                 raise BackendUnavailable(f"image {image.id}: blocks {first}+{len(flights)} "
                                          f"came back with {len(data)} bytes, expected {want}")
-            if store is not None:
-                for i, flight in enumerate(flights):
-                    store(flight.key, data[i * bs:(i + 1) * bs])
-            return data
+            pieces = [data[i * bs:(i + 1) * bs] for i in range(len(flights))]
+            if store:
+                self.cache.store_run([(f.key, piece) for f, piece in zip(flights, pieces)])
+            return pieces
 
         try:
             with trio.move_on_at(deadline):
@@ -570,7 +571,7 @@ class BlockReader:
                     while self.fetch_limiter.statistics().tasks_waiting:  # readers first
                         await trio.sleep(WARM_YIELD)
                     try:
-                        data = await trio.to_thread.run_sync(
+                        pieces = await trio.to_thread.run_sync(
                             work, source, max(0.1, deadline - trio.current_time()),
                             limiter=self.fetch_limiter, abandon_on_cancel=True)
                         break
@@ -585,14 +586,13 @@ class BlockReader:
                             raise
                         self.stats["retries"] += 1
                         await trio.sleep(delay)
-                for i, flight in enumerate(flights):
-                    piece = data[i * bs:(i + 1) * bs]
+                for flight, piece in zip(flights, pieces):
                     self._count(image, piece)
-                    if store is None or in_memory:
+                    if not store or in_memory:
                         self.cache.put(flight.key, piece)
                     self._complete(flight, piece)
                     self._note_fetched(image, flight.key.index, source.kind)
-                return len(data)
+                return want
             error: BaseException = self._late(image)
         except ImagefsError as exc:
             error = exc

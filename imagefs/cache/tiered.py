@@ -52,6 +52,11 @@ class TieredCache:
         if self.disk is not None:
             self.disk.store(key, data)
 
+    def store_run(self, run: list[tuple[BlockKey, bytes]]) -> None:
+        """``store`` for consecutive blocks of one group, with one write."""
+        if self.disk is not None:
+            self.disk.store_run(run)
+
     def store_later(self, key: BlockKey, data: bytes) -> None:
         """Queue for the disk's writer threads; waits while their queue is full."""
         if self.disk is not None:
