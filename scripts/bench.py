@@ -198,6 +198,12 @@ def timed_cpu(cmd: list[str], *pids: int) -> tuple[float, float, list[float]]:
     return seconds, children_cpu() - child, [cpu_seconds(p) - b for p, b in zip(pids, before)]
 
 
+def curl_cmd(glance: GlanceServer, image_id: str, token: str) -> list[str]:
+    """The baseline: the whole image from Glance in one GET, to /dev/null."""
+    return ["curl", "-sf", "-H", f"X-Auth-Token: {token}",
+            f"{glance.url}/v2/images/{image_id}/file", "-o", "/dev/null"]
+
+
 def dd_cmd(path: Path) -> list[str]:
     return ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
 
@@ -304,8 +310,7 @@ def one_run(work: Path, glance: GlanceServer, images: dict, memory: str,
     # cold sequential: curl baseline, then a fresh mount
     cold_client(place, store)
     r["curl_s"], r["curl_cpu"], (r["curl_glance_cpu"],) = timed_cpu(
-        client(["curl", "-sf", "-H", f"X-Auth-Token: {token}",
-                f"{glance.url}/v2/images/{raw}/file", "-o", "/dev/null"]), glance.proc.pid)
+        client(curl_cmd(glance, raw, token)), glance.proc.pid)
     cache = new_cache(work)
     m = Mount(work, glance, place, cache, token, memory)
     prepare(m, glance, place, raw, store)

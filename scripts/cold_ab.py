@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "scripts"), str(ROOT)]
 
-from bench import (ALICE, Mount, Placement, cold_client, dd_cmd, new_cache,  # noqa: E402
-                   pinning_unavailable, prepare, store_file, timed_cpu)
+from bench import (ALICE, Mount, Placement, cold_client, curl_cmd, dd_cmd,  # noqa: E402
+                   new_cache, pinning_unavailable, prepare, store_file, timed_cpu)
 from glance_server import GlanceServer  # noqa: E402
 
 from imagefs.api import API  # noqa: E402
@@ -79,10 +79,8 @@ def main() -> int:
             for _ in range(args.rounds):
                 cold_client(place, store)
                 glance.reset()
-                seconds, cpu, (glance_cpu,) = timed_cpu(place.client(
-                    ["curl", "-sf", "-H", "X-Auth-Token: alice-token",
-                     f"{glance.url}/v2/images/{image_id}/file", "-o", "/dev/null"]),
-                    glance.proc.pid)
+                seconds, cpu, (glance_cpu,) = timed_cpu(
+                    place.client(curl_cmd(glance, image_id, "alice-token")), glance.proc.pid)
                 results["curl"].append((seconds, cpu, glance_cpu, 0.0, 1, size))
                 for text, tree, options in variants:
                     os.environ["PYTHONPATH"] = tree  # the daemon's imagefs
