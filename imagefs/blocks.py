@@ -44,6 +44,7 @@ its own) and hand blocks back with ``TrioToken.run_sync_soon``.  Between an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -117,7 +118,18 @@ class BlockReader:
         self._direct_blocks: dict[str, set[int]] = {}  # blocks fetched from rbd or file
         self._distrusted: set[str] = set()  # images whose direct bytes failed their hash
         self.stats = {"fetched_blocks": 0, "fetched_bytes": 0, "disk_hits": 0,
-                      "memory_hits": 0, "streams": 0, "retries": 0}
+                      "memory_hits": 0, "streams": 0, "retries": 0,
+                      "disk_deferred": 0, "disk_missed": 0}
+        # Streamed blocks the disk tier's writers had no room for: offered again
+        # from the memory tier when they have caught up (``_catch_up``).
+        self._unwritten: dict[BlockKey, None] = {}
+        if cache.disk is not None:
+            token = trio.lowlevel.current_trio_token()
+
+            def drained() -> None:  # in a writer thread
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(self._catch_up)
+            cache.disk.on_drained = drained
         self.fetched_by_image: dict[str, int] = {}  # bytes fetched from a source, per image
 
     def key(self, image: ImageRef, index: int) -> BlockKey:
@@ -181,11 +193,54 @@ class BlockReader:
         return source.kind
 
     def close(self) -> None:
-        """Release every source (connections, open images)."""
+        """Queue for the disk tier what it fell behind on and the memory tier still
+        holds (waiting for room), and release every source (connections, open images)."""
+        if self._unwritten:
+            kept = [(key, data) for key in self._unwritten
+                    if (data := self.cache.memory.peek(key)) is not None]
+            self.stats["disk_missed"] += len(self._unwritten) - len(kept)
+            self._unwritten.clear()
+            if kept:
+                log.info("writing %.0f MiB of streamed blocks to the disk cache before exit",
+                         sum(len(d) for _, d in kept) / 2**20)
+            for key, data in kept:
+                self.cache.store_later(key, data, wait=True)
+        if self.stats["disk_missed"]:
+            log.info("the disk cache fell behind the network on %d streamed blocks (%.0f MiB) "
+                     "and did not write them: a later read fetches them again",
+                     self.stats["disk_missed"], self.stats["disk_missed"] * self.block_size / 2**20)
         for source in self._sources.values():
             if not isinstance(source, trio.Event):
                 source.close()
         self._sources.clear()
+
+    @property
+    def unwritten_blocks(self) -> int:
+        """Streamed blocks the disk tier is behind on (``_catch_up`` offers them again)."""
+        return len(self._unwritten)
+
+    def _defer(self, key: BlockKey) -> None:
+        """A streamed block the disk tier had no room for: remembered (at most as
+        many as the memory tier holds; an older one is then given up)."""
+        self.stats["disk_deferred"] += 1
+        self._unwritten[key] = None
+        if len(self._unwritten) > self.cache.memory.max_bytes // self.block_size:
+            del self._unwritten[next(iter(self._unwritten))]
+            self.stats["disk_missed"] += 1
+
+    def _catch_up(self) -> None:
+        """On the trio thread, once the disk tier's writers have emptied their queue:
+        offer them again the streamed blocks they had no room for, from the memory
+        tier, until their queue is full again.  A block the memory tier has
+        evicted since is not on disk: a later read fetches it again."""
+        while self._unwritten:
+            key = next(iter(self._unwritten))
+            data = self.cache.memory.peek(key)
+            if data is not None and not self.cache.store_later(key, data):
+                return
+            del self._unwritten[key]
+            if data is None:
+                self.stats["disk_missed"] += 1
 
     def _late(self, image: ImageRef) -> BackendUnavailable:
         return BackendUnavailable(f"image {image.id}: no data within {self.read_deadline:g}s")
@@ -699,8 +754,8 @@ class BlockReader:
         began = logged = trio.current_time()
         first = stream.position
 
-        def deliver(index: int, data: bytes) -> None:  # on the trio thread; must not raise
-            nonlocal logged
+        def deliver(index: int, data: bytes, queued: bool) -> None:  # on the trio thread;
+            nonlocal logged                                            # must not raise
             stream.position = index + 1
             now = trio.current_time()
             if now - logged >= PROGRESS_EVERY:  # long work says how far it is, now and then
@@ -711,6 +766,8 @@ class BlockReader:
                          (stream.position - first) * mib / max(now - began, 1e-3))
             key = self.key(image, index)
             self.cache.put(key, data)
+            if not queued:
+                self._defer(key)
             self._count(image, data)
             flight = stream.waiting.get(index) or self._flights.get(key)
             if flight is not None:
@@ -718,8 +775,8 @@ class BlockReader:
             self._note_fetched(image, index, stream.source.kind)
 
         def handover(index: int, data: bytes) -> None:  # in the pump thread
-            self.cache.store_later(self.key(image, index), data)  # may wait for the disk
-            token.run_sync_soon(deliver, index, data)  # in order, without waiting
+            queued = self.cache.store_later(self.key(image, index), data)  # never waits
+            token.run_sync_soon(deliver, index, data, queued)  # in order, without waiting
 
         error: BaseException | None = None
         backoff: Backoff | None = None

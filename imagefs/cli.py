@@ -396,7 +396,8 @@ def run_status(args) -> int:
         return 0
     print_table([(k, status[k]) for k in ("service", "uptime_s", "fetched_bytes", "memory_hits",
                                          "disk_hits", "memory_bytes", "cache_bytes",
-                                         "cache_size")], ("Field", "Value"))
+                                         "cache_size", "disk_behind_blocks",
+                                         "disk_missed_blocks")], ("Field", "Value"))
     print_table([(i["id"], i["name"], i["size"], i["cached_bytes"], i["fetched_bytes"],
                   i["path"]) for i in status["images"]],
                 ("ID", "Name", "Size", "Cached", "Fetched", "Path"))

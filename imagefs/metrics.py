@@ -9,6 +9,7 @@ Metrics: ``imagefs_fetched_bytes_total``, ``imagefs_fetched_blocks_total``,
 ``imagefs_cache_hits_total{tier}``, ``imagefs_cache_misses_total``,
 ``imagefs_fetch_retries_total``, ``imagefs_errors_total{errno}``,
 ``imagefs_streams_opened_total``, ``imagefs_streams_open``,
+``imagefs_disk_missed_blocks_total``,
 ``imagefs_cache_bytes{tier}``, ``imagefs_cache_size_bytes``,
 ``imagefs_fetch_seconds`` (a histogram).
 """
@@ -54,7 +55,9 @@ def serve(address: str, blocks, memory, disk) -> None:
                     ("imagefs_fetched_bytes", "fetched_bytes", "Bytes fetched from sources"),
                     ("imagefs_fetched_blocks", "fetched_blocks", "Blocks fetched from sources"),
                     ("imagefs_fetch_retries", "retries", "Fetches tried again"),
-                    ("imagefs_streams_opened", "streams", "Streams opened")):
+                    ("imagefs_streams_opened", "streams", "Streams opened"),
+                    ("imagefs_disk_missed_blocks", "disk_missed",
+                     "Streamed blocks the disk tier fell behind on and never wrote")):
                 yield CounterMetricFamily(name, text, value=stats[key])
             hits = CounterMetricFamily("imagefs_cache_hits", "Blocks served from a cache tier",
                                        labels=["tier"])

@@ -40,6 +40,8 @@ def snapshot(fs, blocks, memory, disk, service: str, started: float) -> dict[str
         "disk_hits": stats["disk_hits"],
         "streams": stats["streams"],
         "retries": stats["retries"],
+        "disk_behind_blocks": blocks.unwritten_blocks,
+        "disk_missed_blocks": stats["disk_missed"],
         "memory_bytes": memory.bytes_used,
         "cache_bytes": disk.bytes_used if disk is not None else 0,
         "cache_size": disk.max_bytes if disk is not None else 0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 
 import pytest
 import trio
@@ -17,7 +18,8 @@ import trio.testing
 from fake_source import FakeSource
 
 from imagefs.blocks import FAILURE_GRACE, BlockReader, ImageRef
-from imagefs.cache import MemoryCache, TieredCache
+from imagefs.cache import BlockKey, DiskCache, MemoryCache, TieredCache
+from imagefs.cache import disk as disk_module
 from imagefs.errors import BackendUnavailable
 from imagefs.retry import RetryPolicy
 
@@ -30,13 +32,14 @@ def image_of(data: bytes) -> ImageRef:
     return ImageRef("img", "v1", len(data))
 
 
-def run(source: FakeSource, body, *, memory: int = 8 * MiB, deadline: float = DEADLINE):
+def run(source: FakeSource, body, *, memory: int = 8 * MiB, deadline: float = DEADLINE,
+        disk: DiskCache | None = None):
     """``await body(reader, image)`` with a BlockReader over ``source``."""
     image = image_of(source.data)
 
     async def main():
         async with trio.open_nursery() as nursery:
-            reader = BlockReader(lambda *_: source, TieredCache(MemoryCache(memory), None),
+            reader = BlockReader(lambda *_: source, TieredCache(MemoryCache(memory), disk),
                                  block_size=BS, fetch_threads=4, read_deadline=deadline,
                                  retry=RetryPolicy(deadline=deadline), nursery=nursery)
             try:
@@ -341,3 +344,43 @@ def test_a_long_stream_logs_its_progress_now_and_then(monkeypatch, caplog):
         run(source, body)
     lines = [r.getMessage() for r in caplog.records if "streaming, at" in r.getMessage()]
     assert lines and lines[-1].startswith("image img: streaming, at 2 of 2 MiB")
+
+
+@pytest.mark.parametrize("when", ["caught-up", "at-close"])
+def test_streamed_blocks_a_slow_cache_disk_had_no_room_for_reach_it_from_memory(
+        tmp_path, monkeypatch, when):
+    """The stream never waits for the disk tier's writers: the blocks they had no
+    room for are offered again from the memory tier once they have emptied their
+    queue, and whatever is still behind when the reader closes is written then."""
+    monkeypatch.setattr(disk_module, "QUEUED", 2 * BS)
+    data = data_of(48 * BS)
+    source = FakeSource(data)
+    disk = DiskCache(tmp_path / "c", 64 * MiB, writers=1)
+    real_store_run = disk.store_run
+
+    def slow_store_run(run):  # a cache disk far slower than the network
+        time.sleep(0.003 * len(run))
+        real_store_run(run)
+    disk.store_run = slow_store_run
+
+    async def body(reader, image):
+        reader.prefetch(image, 0, len(data))
+        assert await reader.read(image, 0, len(data)) == data
+        deferred = reader.stats["disk_deferred"]
+        if when == "caught-up":
+            for _ in range(400):
+                if not reader._unwritten:
+                    break
+                await trio.sleep(0.05)
+            assert not reader._unwritten
+        reader.close()
+        return deferred, dict(reader.stats)
+
+    deferred, stats = run(source, body, disk=disk)
+    disk.close()
+    assert deferred > 0  # the writers did fall behind
+    assert stats["disk_missed"] == 0
+    assert source.sent == len(data)  # nothing was fetched twice
+    again = DiskCache(tmp_path / "c", 64 * MiB)
+    for i in range(48):
+        assert again.load(BlockKey("img", "v1", BS, i)) == data[i * BS:(i + 1) * BS], i

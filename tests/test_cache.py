@@ -8,6 +8,7 @@ import logging
 import mmap
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +40,15 @@ def test_memory_tier_is_bounded_by_bytes_and_lru():
     mem.put(key(3), b"x" * 1000)
     assert mem.get(key(1)) is None and mem.get(key(0)) is not None
     assert mem.bytes_used <= 3000
+
+
+def test_a_peek_leaves_the_lru_order_as_it_is():
+    mem = MemoryCache(3000)
+    for i in range(3):
+        mem.put(key(i), bytes([i]) * 1000)
+    assert mem.peek(key(0)) == b"\0" * 1000 and mem.peek(key(9)) is None
+    mem.put(key(3), b"x" * 1000)
+    assert mem.get(key(0)) is None and mem.get(key(1)) is not None
 
 
 def test_disk_tier_round_trip_and_survives_reopen(tmp_path):
@@ -228,6 +238,45 @@ def test_store_later_is_written_by_close(tmp_path):
     disk.close()
     again = DiskCache(tmp_path / "c", 64 << 20)
     assert all(again.load(key(i)) == bytes([i]) * 1000 for i in range(40))
+
+
+def test_a_full_write_queue_turns_blocks_away_and_says_when_it_has_drained(
+        tmp_path, monkeypatch):
+    """``store_later`` never waits for the disk: a block that finds ``QUEUED`` bytes
+    queued is refused, and ``on_drained`` is called once the writers have emptied
+    the queue, so that the caller can offer it again."""
+    monkeypatch.setattr(disk_module, "QUEUED", 2000)
+    cache = DiskCache(tmp_path / "c", 64 << 20, writers=1)
+    gate, drained = threading.Event(), threading.Event()
+    real_store_run = cache.store_run
+    cache.store_run = lambda run: (gate.wait(10), real_store_run(run))
+    cache.on_drained = drained.set
+    blocks = {key(2 * i): bytes([i]) * 1000 for i in range(6)}  # none continues another
+    took = {k: cache.store_later(k, data) for k, data in blocks.items()}
+    refused = [k for k, ok in took.items() if not ok]
+    # the writer holds one block at the gate, and the queue takes two more
+    assert 2 <= sum(took.values()) <= 3 and refused
+    assert not drained.wait(0.2)
+    gate.set()
+    assert drained.wait(10)
+    cache.flush()
+    assert all((cache.load(k) == blocks[k]) == took[k] for k in blocks)
+    for k in refused:  # offered again, one at a time
+        assert cache.store_later(k, blocks[k])
+        cache.flush()
+    cache.close()
+    assert all(cache.load(k) == blocks[k] for k in blocks)
+
+
+def test_writers_run_at_the_lowest_cpu_priority(tmp_path):
+    cache = DiskCache(tmp_path / "c", 64 << 20, writers=1)
+    seen = []
+    real_store_run = cache.store_run
+    cache.store_run = lambda run: (seen.append(os.getpriority(
+        os.PRIO_PROCESS, threading.get_native_id())), real_store_run(run))
+    cache.store_later(key(0), b"x" * 100)
+    cache.close()
+    assert seen == [disk_module.WRITER_NICE] and os.getpriority(os.PRIO_PROCESS, 0) != 19
 
 
 def test_cache_files_are_private(tmp_path):

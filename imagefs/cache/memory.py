@@ -11,8 +11,19 @@ class MemoryCache:
     def __init__(self, max_bytes: int):
         self._lru: cachetools.LRUCache = cachetools.LRUCache(maxsize=max_bytes, getsizeof=len)
 
+    @property
+    def max_bytes(self) -> int:
+        return self._lru.maxsize
+
     def get(self, key: BlockKey) -> bytes | None:
         return self._lru.get(key)
+
+    def peek(self, key: BlockKey) -> bytes | None:
+        """``get`` that leaves the block's place in the LRU as it is."""
+        try:
+            return cachetools.Cache.__getitem__(self._lru, key)
+        except KeyError:
+            return None
 
     def put(self, key: BlockKey, data: bytes) -> None:
         if len(data) <= self._lru.maxsize:

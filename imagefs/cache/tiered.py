@@ -1,9 +1,10 @@
 """The two tiers behind one interface: memory in front of disk.
 
 ``get``/``put`` are the memory tier and run on the trio thread.  The disk
-tier's calls are blocking (``load``, ``load_run``, ``store``, ``store_later``:
-call them from worker threads); without a disk tier they miss and store
-nothing.  A disk fault is a miss, never an error: ``DiskCache`` turns every
+tier's calls are blocking (``load``, ``load_run``, ``store``, and
+``store_later`` with ``wait``: call them from worker threads; ``store_later``
+without it only queues or turns away, and may run on the trio thread);
+without a disk tier they miss and store nothing.  A disk fault is a miss, never an error: ``DiskCache`` turns every
 ``OSError`` into one.
 """
 
@@ -57,10 +58,10 @@ class TieredCache:
         if self.disk is not None:
             self.disk.store_run(run)
 
-    def store_later(self, key: BlockKey, data: bytes) -> None:
-        """Queue for the disk's writer threads; waits while their queue is full."""
-        if self.disk is not None:
-            self.disk.store_later(key, data)
+    def store_later(self, key: BlockKey, data: bytes, *, wait: bool = False) -> bool:
+        """Queue for the disk's writer threads; False if their queue is full
+        (``DiskCache.store_later``)."""
+        return self.disk is None or self.disk.store_later(key, data, wait=wait)
 
     def discard_image(self, key: BlockKey) -> int:
         """Forget every block of ``key``'s image, in both tiers.  Blocking (the disk's
