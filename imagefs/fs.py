@@ -113,6 +113,7 @@ class _Handle:
     prefetcher: Prefetcher | None = None
     content: bytes | None = None   # metadata.json as it was at open
     missed: int = 0                # bytes read that a guiding boot profile did not bring
+    paged: bool = True             # the kernel keeps what it reads in its page cache
 
 
 class ImageFS:
@@ -329,8 +330,9 @@ class ImageFS:
         fh, self._next_fh = self._next_fh, self._next_fh + 1
         return fh
 
-    async def open(self, ino: int, writable: bool) -> tuple[int, bool]:
-        """A file handle and whether the kernel may keep its cached pages."""
+    async def open(self, ino: int, writable: bool, direct: bool = False) -> tuple[int, bool]:
+        """A file handle and whether the kernel may keep its cached pages
+        (``direct``: opened ``O_DIRECT``, its reads bypass the page cache)."""
         if writable:
             raise FsError(errno.EROFS)
         if ino in (ROOT_INODE, BY_NAME_INODE):
@@ -346,7 +348,7 @@ class ImageFS:
             self._handles[fh] = _Handle(image.ref, content=metadata_bytes(image.record))
             return fh, False
         ref = image.ref
-        self._handles[fh] = _Handle(ref, self._prefetcher(ref, +1))
+        self._handles[fh] = _Handle(ref, self._prefetcher(ref, +1), paged=not direct)
         self.blocks.describe(ref, image.record)
         self.blocks.hold(ref)  # released by release(): an image in use keeps its blocks
         if self.profiles is not None:
@@ -366,7 +368,7 @@ class ImageFS:
             start, end = handle.prefetcher.on_read(offset, size)
             if end > start:
                 self.blocks.prefetch(handle.image, start, end, cached_only=guided)
-        data = await self.blocks.read(handle.image, offset, size)
+        data = await self.blocks.read(handle.image, offset, size, paged=handle.paged)
         self.reads["requests"] += 1
         self.reads["bytes"] += len(data)
         return data

@@ -134,7 +134,7 @@ class FuseOps(pyfuse3.Operations):
     @_errno
     async def open(self, inode, flags, ctx):
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
-        fh, keep = await self.fs.open(inode, bool(writable))
+        fh, keep = await self.fs.open(inode, bool(writable), bool(flags & os.O_DIRECT))
         # metadata.json: a snapshot per open, served whole (direct_io) and not kept.
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=not keep)
 

@@ -384,3 +384,20 @@ def test_streamed_blocks_a_slow_cache_disk_had_no_room_for_reach_it_from_memory(
     again = DiskCache(tmp_path / "c", 64 * MiB)
     for i in range(48):
         assert again.load(BlockKey("img", "v1", BS, i)) == data[i * BS:(i + 1) * BS], i
+
+
+def test_blocks_a_page_cached_reader_got_whole_leave_the_memory_tier(tmp_path):
+    """The kernel keeps them; a part of a block, an O_DIRECT reader's blocks, and
+    blocks the disk tier is behind on stay."""
+    data = data_of(8 * BS)
+    source = FakeSource(data)
+
+    async def body(reader, image):
+        assert await reader.read(image, 0, 2 * BS, paged=True) == data[:2 * BS]
+        assert await reader.read(image, 2 * BS, 10, paged=True) == data[2 * BS:2 * BS + 10]
+        assert await reader.read(image, 3 * BS, BS) == data[3 * BS:4 * BS]  # O_DIRECT
+        reader._unwritten[reader.key(image, 4)] = None  # the disk tier is behind on it
+        assert await reader.read(image, 4 * BS, BS, paged=True) == data[4 * BS:5 * BS]
+        return [reader.cache.in_memory(reader.key(image, i)) for i in range(5)]
+
+    assert run(source, body) == [False, False, True, True, True]

@@ -29,6 +29,9 @@ class MemoryCache:
         if len(data) <= self._lru.maxsize:
             self._lru[key] = data
 
+    def discard(self, key: BlockKey) -> None:
+        self._lru.pop(key, None)
+
     def discard_image(self, image_id: str) -> None:
         """Forget every block of the image."""
         for key in [k for k in self._lru if k.image_id == image_id]:
