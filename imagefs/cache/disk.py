@@ -160,6 +160,12 @@ def _write_at(path: Path, data, offset: int, flags: int = 0) -> None:
         os.close(fd)
 
 
+#: memmove through ctypes, which releases the GIL for the call: the writers run
+#: at the lowest priority, but a writer holding the GIL while it copies a block
+#: (slice assignment into the mmap holds it) stops every thread that serves reads.
+_copy = ctypes.memmove
+
+
 def _lower_priority() -> None:
     """This thread at ``WRITER_NICE`` (Linux's nice value is per thread)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -656,10 +662,13 @@ class DiskCache:
         length = sum(len(d) for d in parts)
         if self._direct and block_size % _ALIGN == 0 and length:  # (no empty mapping)
             padded = -(-length // _ALIGN) * _ALIGN  # the slot has room for it
-            buf = self._aligned_buffer(padded)
+            buf, address = self._aligned_buffer(padded)
             at = 0
             for data in parts:
-                buf[at:at + len(data)] = data
+                if isinstance(data, bytes):  # a copy that lets go of the GIL: see _copy
+                    _copy(address + at, data, len(data))
+                else:
+                    buf[at:at + len(data)] = data
                 at += len(data)
             buf[length:padded] = bytes(padded - length)
             try:
@@ -672,13 +681,16 @@ class DiskCache:
                 self._no_direct(exc)
         _write_at(path, parts[0] if len(parts) == 1 else b"".join(parts), offset, os.O_CREAT)
 
-    def _aligned_buffer(self, size: int) -> mmap.mmap:
-        """This thread's page-aligned buffer of at least ``size`` bytes, kept for reuse
-        (``O_DIRECT`` needs aligned memory; a bytes object's is not)."""
-        buf = getattr(self._buffers, "buf", None)
-        if buf is None or len(buf) < size:
-            buf = self._buffers.buf = mmap.mmap(-1, size)
-        return buf
+    def _aligned_buffer(self, size: int) -> tuple[mmap.mmap, int]:
+        """This thread's page-aligned buffer of at least ``size`` bytes and its
+        address, kept for reuse (``O_DIRECT`` needs aligned memory; a bytes
+        object's is not)."""
+        kept = getattr(self._buffers, "kept", None)
+        if kept is None or len(kept[0]) < size:
+            buf = mmap.mmap(-1, size)
+            view = ctypes.c_char.from_buffer(buf)  # (holds the mapping while kept)
+            kept = self._buffers.kept = (buf, ctypes.addressof(view), view)
+        return kept[0], kept[1]
 
     def _no_direct(self, exc: OSError) -> None:
         if self._direct:
