@@ -120,9 +120,10 @@ class BlockReader:
         self.stats = {"fetched_blocks": 0, "fetched_bytes": 0, "disk_hits": 0,
                       "memory_hits": 0, "streams": 0, "retries": 0,
                       "disk_deferred": 0, "disk_missed": 0}
-        # Streamed blocks the disk tier's writers had no room for: offered again
-        # from the memory tier when they have caught up (``_catch_up``).
-        self._unwritten: dict[BlockKey, None] = {}
+        # Streamed blocks the disk tier's writers had no room for, offered again from
+        # the memory tier when they have caught up (``_catch_up``); True once a
+        # page-cached reader has had the block whole (``read``).
+        self._unwritten: dict[BlockKey, bool] = {}
         if cache.disk is not None:
             token = trio.lowlevel.current_trio_token()
 
@@ -220,12 +221,17 @@ class BlockReader:
         return len(self._unwritten)
 
     def _defer(self, key: BlockKey) -> None:
-        """A streamed block the disk tier had no room for: remembered (at most as
-        many as the memory tier holds; an older one is then given up)."""
+        """A streamed block the disk tier had no room for: remembered, and kept in the
+        memory tier for the writers, at most half the tier's worth of them (an
+        older one is then given up: without it, a cold whole-image read the
+        writers could not keep up with filled the tier with blocks already
+        served, peak RSS 375 MiB)."""
         self.stats["disk_deferred"] += 1
-        self._unwritten[key] = None
-        if len(self._unwritten) > self.cache.memory.max_bytes // self.block_size:
-            del self._unwritten[next(iter(self._unwritten))]
+        self._unwritten[key] = False
+        if len(self._unwritten) > self.cache.memory.max_bytes // 2 // self.block_size:
+            oldest = next(iter(self._unwritten))
+            if self._unwritten.pop(oldest):  # and a page-cached reader has had it
+                self.cache.memory.discard(oldest)
             self.stats["disk_missed"] += 1
 
     def _catch_up(self) -> None:
@@ -238,7 +244,8 @@ class BlockReader:
             data = self.cache.memory.peek(key)
             if data is not None and not self.cache.store_later(key, data):
                 return
-            del self._unwritten[key]
+            if self._unwritten.pop(key):  # served: the page cache has it, the disk soon
+                self.cache.memory.discard(key)
             if data is None:
                 self.stats["disk_missed"] += 1
 
@@ -284,7 +291,9 @@ class BlockReader:
             parts.append(part)
             if paged and part is data:
                 key = self.key(image, index)
-                if key not in self._unwritten:
+                if key in self._unwritten:
+                    self._unwritten[key] = True  # leaves once written or given up
+                else:
                     self.cache.memory.discard(key)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 

@@ -396,7 +396,7 @@ def test_blocks_a_page_cached_reader_got_whole_leave_the_memory_tier(tmp_path):
         assert await reader.read(image, 0, 2 * BS, paged=True) == data[:2 * BS]
         assert await reader.read(image, 2 * BS, 10, paged=True) == data[2 * BS:2 * BS + 10]
         assert await reader.read(image, 3 * BS, BS) == data[3 * BS:4 * BS]  # O_DIRECT
-        reader._unwritten[reader.key(image, 4)] = None  # the disk tier is behind on it
+        reader._unwritten[reader.key(image, 4)] = False  # the disk tier is behind on it
         assert await reader.read(image, 4 * BS, BS, paged=True) == data[4 * BS:5 * BS]
         return [reader.cache.in_memory(reader.key(image, i)) for i in range(5)]
 
