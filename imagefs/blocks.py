@@ -34,6 +34,10 @@ from one stream from the start, which every reader waits for (a read ahead
 of the stream waits for it to get there; a read behind it, of a block no
 longer cached, waits for the next pass).
 
+The disk tier never holds a stream up: a streamed block its writers have no
+room for is kept in memory for them (``_defer``, ``_catch_up``), and a block
+a page-cached reader got whole leaves the memory tier (``read``).
+
 Concurrency: ``_flights``, ``_streams`` and the tiers' memory side are
 touched on the trio thread only.  Worker threads run the blocking calls
 (ranged reads at most ``fetch_threads`` at once; each stream in a thread of

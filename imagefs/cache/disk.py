@@ -133,8 +133,10 @@ _TRAILER = GROUP_BLOCKS * _ENTRY
 QUEUED = 16 << 20
 #: The writers' nice value: the lowest priority, below every thread serving reads.
 #: A cold 1 GiB read with the disk tier on one core with everything else (pinned),
-#: 3 alternating rounds: 1.67-2.20 s against 2.78-2.84 s at the readers' priority
-#: with a queue that made the stream wait; no disk tier 1.53-2.26 s.
+#: 3 alternating rounds: 1.98-2.50 s against 2.56-3.18 s at the readers' priority
+#: with a queue that made the stream wait; no disk tier 1.87-2.32 s.  The cost: on
+#: a busy core the writers write what the readers leave time for (see the module's
+#: docstring and docs/performance.md).
 WRITER_NICE = 19
 #: Threads writing queued blocks: two O_DIRECT writes in flight kept a cold read
 #: ahead of one (1.59-1.88 s against 1.86-2.82 s for 1 GiB, alternating).

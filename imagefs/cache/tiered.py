@@ -4,8 +4,8 @@
 tier's calls are blocking (``load``, ``load_run``, ``store``, and
 ``store_later`` with ``wait``: call them from worker threads; ``store_later``
 without it only queues or turns away, and may run on the trio thread);
-without a disk tier they miss and store nothing.  A disk fault is a miss, never an error: ``DiskCache`` turns every
-``OSError`` into one.
+without a disk tier they miss and store nothing.  A disk fault is a miss,
+never an error: ``DiskCache`` turns every ``OSError`` into one.
 """
 
 from __future__ import annotations
