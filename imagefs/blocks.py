@@ -201,15 +201,9 @@ class BlockReader:
         """Queue for the disk tier what it fell behind on and the memory tier still
         holds (waiting for room), and release every source (connections, open images)."""
         if self._unwritten:
-            kept = [(key, data) for key in self._unwritten
-                    if (data := self.cache.memory.peek(key)) is not None]
-            self.stats["disk_missed"] += len(self._unwritten) - len(kept)
-            self._unwritten.clear()
-            if kept:
-                log.info("writing %.0f MiB of streamed blocks to the disk cache before exit",
-                         sum(len(d) for _, d in kept) / 2**20)
-            for key, data in kept:
-                self.cache.store_later(key, data, wait=True)
+            log.info("writing up to %.0f MiB of streamed blocks to the disk cache before exit",
+                     len(self._unwritten) * self.block_size / 2**20)
+            self._catch_up(wait=True)
         if self.stats["disk_missed"]:
             log.info("the disk cache fell behind the network on %d streamed blocks (%.0f MiB) "
                      "and did not write them: a later read fetches them again",
@@ -238,15 +232,16 @@ class BlockReader:
                 self.cache.memory.discard(oldest)
             self.stats["disk_missed"] += 1
 
-    def _catch_up(self) -> None:
+    def _catch_up(self, wait: bool = False) -> None:
         """On the trio thread, once the disk tier's writers have emptied their queue:
         offer them again the streamed blocks they had no room for, from the memory
-        tier, until their queue is full again.  A block the memory tier has
-        evicted since is not on disk: a later read fetches it again."""
+        tier, until their queue is full again (``wait``: all of them, waiting for
+        room).  A block the memory tier has evicted since is not on disk: a later
+        read fetches it again."""
         while self._unwritten:
             key = next(iter(self._unwritten))
             data = self.cache.memory.peek(key)
-            if data is not None and not self.cache.store_later(key, data):
+            if data is not None and not self.cache.store_later(key, data, wait=wait):
                 return
             if self._unwritten.pop(key):  # served: the page cache has it, the disk soon
                 self.cache.memory.discard(key)
