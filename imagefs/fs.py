@@ -123,6 +123,9 @@ class ImageFS:
         self.meta_limiter = trio.CapacityLimiter(4)  # listings never wait behind data fetches
         self._images: dict[str, _Image] = {}
         self._prefetchers: dict[tuple[str, str], list] = {}  # (id, version) -> [it, opens]
+        # The readahead window; a window over half the memory tier would evict its own
+        # blocks before they are read (0: no readahead).
+        self._window = min(config.max_readahead, config.memory_cache // 2)
         self._by_ino: dict[int, _Image] = {}
         self._next_ino = _FIRST_IMAGE_INODE
         self._listing: list[str] | None = None   # sorted, for readdir
@@ -390,13 +393,13 @@ class ImageFS:
         of them have holes where another's readahead read first: four ``dd``s of
         one cold image, each followed alone, looked random (a ranged read per
         block, 10-14x one reader's time)."""
-        window = min(self.config.max_readahead, self.config.memory_cache // 2)
-        if not window:  # a window over half the memory tier would evict its own blocks
+        if not self._window:
             return None
         key = (ref.id, ref.version)
         entry = self._prefetchers.get(key)
         if entry is None:
-            entry = self._prefetchers[key] = [Prefetcher(self.config.block_size, window), 0]
+            entry = self._prefetchers[key] = [Prefetcher(self.config.block_size, self._window),
+                                              0]
         entry[1] += opened
         if entry[1] <= 0:
             del self._prefetchers[key]
