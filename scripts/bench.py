@@ -272,19 +272,25 @@ def make_sparse_qcow2(path: Path) -> None:
     subprocess.run(["qemu-io", "-f", "qcow2", *cmds, str(path)], check=True)
 
 
-def setup(work: Path, glance: GlanceServer, size: int, listing: int) -> dict:
-    api = API(GlanceDriver(glance.url))
-    src = work / "source.raw"
-    print(f"bench: writing {size / MiB:.0f} MiB of random bytes", file=sys.stderr)
-    with open(src, "wb") as f:
+def upload_random_raw(api: API, path: Path, size: int, name: str) -> str:
+    """Write ``size`` random bytes to ``path`` and upload them as Alice's raw image
+    ``name``; its id."""
+    with open(path, "wb") as f:
         left = size
         while left:
             n = min(left, 16 * MiB)
             f.write(os.urandom(n))
             left -= n
-    with open(src, "rb") as f:
-        raw = api.create(ALICE, {"name": "bench-raw", "disk_format": "raw",
-                                 "container_format": "bare"}, data=f)["id"]
+    with open(path, "rb") as f:
+        return api.create(ALICE, {"name": name, "disk_format": "raw",
+                                  "container_format": "bare"}, data=f)["id"]
+
+
+def setup(work: Path, glance: GlanceServer, size: int, listing: int) -> dict:
+    api = API(GlanceDriver(glance.url))
+    src = work / "source.raw"
+    print(f"bench: writing {size / MiB:.0f} MiB of random bytes", file=sys.stderr)
+    raw = upload_random_raw(api, src, size, "bench-raw")
     sparse = work / "sparse.qcow2"
     make_sparse_qcow2(sparse)
     with open(sparse, "rb") as f:

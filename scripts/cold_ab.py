@@ -24,7 +24,6 @@ import os
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -32,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "scripts"), str(ROOT)]
 
-from bench import (ALICE, Mount, Placement, cold_client, curl_cmd, dd_cmd,  # noqa: E402
-                   new_cache, pinning_unavailable, prepare, store_file, timed_cpu)
+from bench import (Mount, Placement, cold_client, curl_cmd, dd_cmd, new_cache,  # noqa: E402
+                   pinning_unavailable, prepare, store_file, timed_cpu, upload_random_raw)
 from glance_server import GlanceServer  # noqa: E402
 
 from imagefs.api import API  # noqa: E402
@@ -66,14 +65,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cold-ab.", dir="/var/tmp") as tmp:
         work = Path(tmp)
         os.chdir(work)  # so that the daemons' `python -m imagefs` finds PYTHONPATH's
-        src = work / "src"
-        subprocess.run(["dd", "if=/dev/urandom", f"of={src}", "bs=1M",
-                        f"count={size >> 20}", "status=none"], check=True)
         with GlanceServer(work / "glance") as glance:
-            with open(src, "rb") as f:
-                image_id = API(GlanceDriver(glance.url)).create(
-                    ALICE, {"name": "cold-ab", "disk_format": "raw",
-                            "container_format": "bare"}, data=f)["id"]
+            image_id = upload_random_raw(API(GlanceDriver(glance.url)), work / "src", size,
+                                         "cold-ab")
             store = store_file(glance, image_id)
             place.place_glance(glance)
             for _ in range(args.rounds):
