@@ -21,7 +21,7 @@ from imagefs.cache.keys import image_version
 from imagefs.cli import build_parser
 from imagefs.config import FreeSpace, parse_free_space
 from imagefs.errors import ConfigError
-from imagefs.mount import config_from_args, lock_cache_dir
+from imagefs.mount import config_from_args
 
 
 def key(i, version="v1", image="img", block_size=64 * 1024):
@@ -317,85 +317,6 @@ def test_writer_threads_carry_their_name_in_the_os(tmp_path):
     finally:
         disk.close()
     assert wanted <= names
-
-
-# ---- the cache directory: imagefs owns only what it created ------------------------------
-SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"
-
-
-def _tree(root: Path) -> list[tuple[str, int]]:
-    return sorted((str(p.relative_to(root)), stat.S_IMODE(p.stat().st_mode))
-                  for p in [root, *root.rglob("*")])
-
-
-@pytest.mark.parametrize("layout", [
-    {"tmp/work": "mine", "notes": "mine too"},
-    {"tmp/work": "mine"},  # some of an old cache's names, but no blocks/
-    {"blocks": "a file", "lock": ""},
-], ids=["a_home", "only_tmp", "blocks_a_file"])
-def test_cache_dir_refuses_a_non_empty_directory_that_is_not_a_cache(tmp_path, layout):
-    home = tmp_path / "home"
-    for name, text in layout.items():
-        (home / name).parent.mkdir(parents=True, exist_ok=True)
-        (home / name).write_text(text)
-    home.chmod(0o755)
-    before = _tree(home)
-    for open_it in (lambda: lock_cache_dir(home), lambda: DiskCache(home, 1 << 20)):
-        with pytest.raises(ConfigError, match="is not empty and is not an imagefs cache"):
-            open_it()
-    assert _tree(home) == before  # nothing created, removed or chmod'ed
-
-
-def test_a_directory_tagged_by_another_program_is_refused(tmp_path):
-    other = tmp_path / "target"
-    (other / "blocks").mkdir(parents=True)
-    (other / "CACHEDIR.TAG").write_text(f"{SIGNATURE}\n# This is a cache of another tool.\n")
-    with pytest.raises(ConfigError, match="another program's cache"):
-        DiskCache(other, 1 << 20)
-
-
-def test_a_new_cache_directory_is_created_private_and_tagged(tmp_path):
-    DiskCache(tmp_path / "new" / "c", 1 << 20)
-    lines = (tmp_path / "new" / "c" / "CACHEDIR.TAG").read_text().splitlines()
-    assert lines[0] == SIGNATURE and lines[1].startswith("#") and "imagefs" in lines[1]
-    assert stat.S_IMODE((tmp_path / "new" / "c").stat().st_mode) == 0o700
-
-
-def test_an_empty_directory_is_adopted_and_tagged_and_keeps_its_mode(tmp_path):
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o1777)  # as /tmp is
-    disk = DiskCache(shared, 1 << 20)
-    disk.store(key(1), b"a" * 1000)
-    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
-    assert (shared / "CACHEDIR.TAG").read_text().startswith(SIGNATURE)
-    assert stat.S_IMODE((shared / "blocks").stat().st_mode) == 0o700  # created: ours
-    assert DiskCache(shared, 1 << 20).load(key(1)) == b"a" * 1000
-
-
-def test_a_cache_of_the_previous_version_is_tagged_and_keeps_its_blocks_and_tmp(tmp_path):
-    root = tmp_path / "c"
-    DiskCache(root, 1 << 20).store(key(1), b"a" * 1000)
-    (root / "CACHEDIR.TAG").unlink()  # as the version before tags left it
-    (root / "lock").write_text("123\n")
-    (root / "imagefs.log").write_text("old log\n")
-    (root / "tmp").mkdir()
-    (root / "tmp" / "someone's").write_text("kept")
-    old = root / "blocks" / "ab"  # an even older layout, inside the cache's own tree
-    old.mkdir()
-    (old / ("ab" * 32)).write_bytes(b"IMGFSBK1")
-    disk = DiskCache(root, 1 << 20)
-    assert (root / "CACHEDIR.TAG").read_text().startswith(SIGNATURE)
-    assert disk.load(key(1)) == b"a" * 1000
-    assert (root / "tmp" / "someone's").read_text() == "kept"
-    assert (root / "imagefs.log").read_text() == "old log\n"
-    assert not old.exists()
-
-
-def test_a_cache_directory_that_cannot_be_created_is_refused_with_the_reason(tmp_path):
-    (tmp_path / "a-file").write_text("")
-    with pytest.raises(ConfigError, match="cannot create cache directory .*: Not a directory"):
-        DiskCache(tmp_path / "a-file" / "c", 1 << 20)
 
 
 # ---- a directory where a group file belongs ----------------------------------------------

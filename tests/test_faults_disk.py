@@ -142,6 +142,24 @@ def test_mount_refuses_a_non_empty_directory_that_is_not_a_cache_and_leaves_it_a
     assert tree(home) == before
 
 
+def test_mount_refuses_an_untagged_directory_whose_blocks_imagefs_did_not_write(
+        mounts, tmp_path):
+    """Issue 21: ``blocks/`` and ``tmp/`` are names an old cache had, but ``blocks/notes``
+    is not imagefs's: the mount is refused and ``D`` left exactly as it was."""
+    home = tmp_path / "d"
+    (home / "blocks").mkdir(parents=True)
+    (home / "blocks" / "notes").write_text("mine")
+    (home / "tmp" / "sub").mkdir(parents=True)
+    (home / "tmp" / "sub" / "f").write_text("mine too")
+    before = tree(home)
+    (tmp_path / "mnt").mkdir()
+    proc = imagefs("mount", str(tmp_path / "mnt"), "--cache-dir", str(home), env=mounts.env)
+    refused_to_mount(tmp_path / "mnt", proc)
+    assert "is not empty and is not an imagefs cache" in proc.stderr
+    assert "blocks/notes is not imagefs's" in proc.stderr and "--cache-dir" in proc.stderr
+    assert tree(home) == before
+
+
 @pytest.mark.parametrize("fault", ["full", "read_only"])
 def test_a_cache_dir_that_cannot_be_created_fails_the_mount_with_the_reason(
         mounts, tmp_path, fault):

@@ -9,8 +9,16 @@ directory:
 - missing: created 0700 (with its parents), then tagged;
 - tagged by imagefs: a cache, taken as it is;
 - empty: adopted, tagged, its mode left as it is;
-- holding only what imagefs wrote before caches were tagged (``blocks/``
-  and any of ``lock``, ``imagefs.log``, ``tmp``): tagged;
+- holding only what imagefs wrote before caches were tagged: tagged.  That
+  is ``blocks/`` and any of ``lock``, ``imagefs.log`` (files) and ``tmp/``
+  (left alone, whatever it holds), where every entry of ``blocks/`` is
+  imagefs's own by name and place: image directories
+  (``<40 hex>.<block size>/``, holding group files named in hex, the
+  ``image.json`` index and its temporary files), or the per-block layout of
+  the first versions (``<2 hex>/<64 hex>``, each file starting with the
+  ``IMGFSBK`` magic).  The cache's first scan removes what is stale in
+  ``blocks/``, so one entry there that imagefs did not write is enough to
+  refuse the directory;
 - anything else (a file, a directory with other things in it, a tag of
   another program's): refused with a ``ConfigError`` saying why, and left
   as it was.
@@ -25,6 +33,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import stat
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -34,8 +44,14 @@ SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"
 TAG = (f"{SIGNATURE}\n"
        "# This file is a cache directory tag created by imagefs (its disk block cache).\n"
        "# For information about cache directory tags see https://bford.info/cachedir/\n")
-#: What a cache of the version before tags held (``blocks`` among them, a directory).
-_UNTAGGED_LAYOUT = {"blocks", "lock", "imagefs.log", "tmp"}
+#: What a cache of the versions before tags held, and the kind of each entry.
+_UNTAGGED_LAYOUT = {"blocks": stat.S_ISDIR, "lock": stat.S_ISREG,
+                    "imagefs.log": stat.S_ISREG, "tmp": stat.S_ISDIR}
+_IMAGE_DIR = re.compile(r"[0-9a-f]{40}\.[0-9]+")          # blocks/<image dir>/
+_IN_IMAGE_DIR = re.compile(r"[0-9a-f]+|image\.json|\.image\.json\..+\.tmp")
+_BLOCK_DIR = re.compile(r"[0-9a-f]{2}")                    # blocks/<ab>/<ab...>, per block
+_BLOCK_FILE = re.compile(r"[0-9a-f]{64}")
+_BLOCK_MAGIC = re.compile(rb"IMGFSBK[0-9]")
 
 
 def is_tagged(root: Path) -> bool:
@@ -79,10 +95,12 @@ def _adopt(root: Path) -> None:
     if TAG_NAME in entries:
         raise ConfigError(f"{root} is another program's cache (its {TAG_NAME} does not name "
                           "imagefs); give imagefs a directory of its own with --cache-dir")
-    untagged_cache = entries <= _UNTAGGED_LAYOUT and (root / "blocks").is_dir()
-    if entries and not untagged_cache:
-        raise ConfigError(f"{root} is not empty and is not an imagefs cache (it has no "
-                          f"{TAG_NAME}); give --cache-dir a new or empty directory")
+    if entries:
+        why = _not_imagefs(root, entries)
+        if why is not None:
+            raise ConfigError(f"{root} is not empty and is not an imagefs cache (no "
+                              f"{TAG_NAME}, and {why}); give --cache-dir a new or empty "
+                              "directory")
     try:
         _write_tag(root)
     except FileExistsError:  # tagged at the same moment by another mount
@@ -91,6 +109,45 @@ def _adopt(root: Path) -> None:
                               "appeared") from None
     except OSError as exc:
         raise _unusable("tag", root, exc) from None
+
+
+def _not_imagefs(root: Path, entries: set[str]) -> str | None:
+    """None if ``root`` (not empty, untagged) holds only what imagefs wrote before
+    caches were tagged (see the module docstring); else why not, naming the first
+    entry imagefs did not write.  Only names, kinds and magics are read."""
+    try:
+        for name in sorted(entries):
+            if name not in _UNTAGGED_LAYOUT or not _UNTAGGED_LAYOUT[name](
+                    os.lstat(root / name).st_mode):
+                return f"{name} is not imagefs's"
+        if "blocks" not in entries:
+            return "it has no blocks directory"
+        for sub in sorted(os.scandir(root / "blocks"), key=lambda e: e.name):
+            where = f"blocks/{sub.name}"
+            if not sub.is_dir(follow_symlinks=False):
+                return f"{where} is not imagefs's"
+            if _IMAGE_DIR.fullmatch(sub.name):
+                strangers = [e.name for e in os.scandir(sub.path)
+                             if not (_IN_IMAGE_DIR.fullmatch(e.name)
+                                     and e.is_file(follow_symlinks=False))]
+            elif _BLOCK_DIR.fullmatch(sub.name):
+                strangers = [e.name for e in os.scandir(sub.path)
+                             if not (_BLOCK_FILE.fullmatch(e.name)
+                                     and e.name.startswith(sub.name)
+                                     and e.is_file(follow_symlinks=False)
+                                     and _starts_with_magic(e.path))]
+            else:
+                return f"{where} is not imagefs's"
+            if strangers:
+                return f"{where}/{min(strangers)} is not imagefs's"
+    except OSError as exc:
+        raise ConfigError(f"cannot read cache directory {root}: {exc.strerror}") from None
+    return None
+
+
+def _starts_with_magic(path: str) -> bool:
+    with open(path, "rb") as f:
+        return _BLOCK_MAGIC.fullmatch(f.read(8)) is not None
 
 
 def _unusable(doing: str, root: Path, exc: OSError) -> ConfigError:
