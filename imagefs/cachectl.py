@@ -169,7 +169,7 @@ def _holder(cache_dir: Path) -> str:
 def _on_directory(action: str, ids: list[str], blocks: Path) -> dict:
     from .cache.disk import DiskCache
 
-    images = read_cache(blocks, DiskCache._slots_in)
+    images = read_cache(blocks, DiskCache.slots_in)
     if action == "list":
         return {"images": [i.as_json() for i in images if i.cached_bytes]}
     if action == "evict":

@@ -359,7 +359,7 @@ def cached_by_image(cache_dir: Path) -> dict[str, int]:
     from imagefs.cache.disk import DiskCache
     from imagefs.cache.inventory import read_cache
 
-    return {i.id: i.cached_bytes for i in read_cache(cache_dir / "blocks", DiskCache._slots_in)}
+    return {i.id: i.cached_bytes for i in read_cache(cache_dir / "blocks", DiskCache.slots_in)}
 
 
 def settled(cache_dir: Path) -> dict[str, int]:
@@ -415,7 +415,7 @@ def test_purge_on_unmount_removes_the_blocks_of_images_that_are_not_public(
     assert record["visibility"] != "public"
     assert set(cached_by_image(cache)) == {private, public}
     assert m.unmount() == 0, m.output()
-    left = read_cache(cache / "blocks", DiskCache._slots_in)
+    left = read_cache(cache / "blocks", DiskCache.slots_in)
     assert [(i.id, i.visibility) for i in left] == [(public, "public")]
     assert left[0].cached_bytes == len(source) + (-len(source)) % (256 << 10)  # whole blocks
     assert "--purge-on-unmount: removed the blocks of 1 image that is not public" \

@@ -1,6 +1,6 @@
 """What a disk cache holds, by image: each image directory's index file.
 
-An image directory's name is a sha256 (``disk._image_dir``), which says
+An image directory's name is a sha256 (``groupfile.image_dir``), which says
 nothing to an operator.  So each one carries a small index, written
 atomically (a temporary file renamed into place) when the directory is
 created::
@@ -14,9 +14,13 @@ block's key); ``name``, ``size`` and ``visibility`` only when the mount
 knew the image's record.  A directory of an older imagefs has no index: it
 is listed with an unknown id, and only ``purge`` removes it.
 
-``read_cache`` reads a cache directory without opening a ``DiskCache`` (no
-scan, no clean-up, no eviction): ``imagefs cache list`` on a cache that no
-mount holds.  Its caller holds the cache's lock.
+``Inventory`` is an open ``DiskCache``'s side of this: which image
+directories exist and what each one's index says (or will say: ``describe``
+is cheap and callable on the trio thread; the index is written at the next
+store into the directory, when it learnt more, a name or a size, than the
+file says).  ``read_cache`` reads a cache directory without opening a
+``DiskCache`` (no scan, no clean-up, no eviction): ``imagefs cache list`` on
+a cache that no mount holds.  Its caller holds the cache's lock.
 """
 
 from __future__ import annotations
@@ -24,12 +28,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
 from ..atomic import write_whole
+from .keys import BlockKey
+
+log = logging.getLogger("imagefs.cache.disk")  # the disk tier logs under one name
 
 INDEX_NAME = "image.json"
 _FIELDS = ("id", "version", "block_size", "name", "size", "visibility")
@@ -101,3 +110,99 @@ def remove_image_dir(blocks: Path, image_dir: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
     if os.path.lexists(path):
         raise OSError(f"cannot remove {path} (or some of it)")
+
+
+class Inventory:
+    """The image directories under ``blocks`` of an open cache and what their indexes
+    say; thread-safe."""
+
+    def __init__(self, blocks: Path):
+        self.blocks = blocks
+        self._lock = threading.Lock()
+        self._dirs: set[str] = set()          # image dirs that exist
+        self._about: dict[str, dict] = {}     # image dir -> what its index says (or will)
+        self._indexed: set[str] = set()       # image dirs whose index says all of _about
+
+    def found(self, image_dir: str) -> None:
+        """An image directory the cache's scan found: its index is read."""
+        about = read_index(self.blocks / image_dir)
+        with self._lock:
+            self._dirs.add(image_dir)
+            if about is not None:
+                self._about[image_dir] = about
+                self._indexed.add(image_dir)
+
+    def describe(self, key: BlockKey, image_dir: str, **about) -> None:
+        """What the mount knows of ``key``'s image (``name``, ``size``, ``visibility``)."""
+        about = {"id": key.image_id, "version": key.version, "block_size": key.block_size,
+                 "name": about.get("name"), "size": about.get("size"),
+                 "visibility": about.get("visibility")}
+        with self._lock:
+            if self._about.get(image_dir) != about:
+                self._about[image_dir] = about
+                self._indexed.discard(image_dir)
+
+    def ensure(self, key: BlockKey, image_dir: str) -> None:
+        """Before a store: the image directory made if missing, its index written if
+        due.  Raises ``OSError`` for a directory that cannot be made."""
+        if image_dir not in self._dirs:
+            (self.blocks / image_dir).mkdir(mode=0o700, exist_ok=True)
+            with self._lock:
+                self._dirs.add(image_dir)
+        if image_dir not in self._indexed:
+            self._write_index(key, image_dir)
+
+    def made_again(self, key: BlockKey, image_dir: str) -> None:
+        """The image directory went (evicted) since ``ensure``: made again, indexed."""
+        (self.blocks / image_dir).mkdir(mode=0o700, exist_ok=True)
+        self._write_index(key, image_dir)
+
+    def _write_index(self, key: BlockKey, image_dir: str) -> None:
+        """The image directory's index, from ``describe`` or else from the key alone; a
+        failure costs only the name in ``imagefs cache list``."""
+        with self._lock:
+            about = self._about.setdefault(image_dir, {
+                "id": key.image_id, "version": key.version, "block_size": key.block_size})
+            about = dict(about)
+        try:
+            write_index(self.blocks / image_dir, about)
+        except OSError as exc:
+            log.debug("disk cache: cannot write the index of %s (%s)", image_dir, exc)
+            return
+        with self._lock:
+            if self._about.get(image_dir) == about:
+                self._indexed.add(image_dir)
+
+    def remove(self, image_dirs: set[str]) -> None:
+        """Remove whole image directories from the disk (the cache has taken their
+        groups out of its index)."""
+        with self._lock:
+            self._dirs -= image_dirs
+            self._indexed -= image_dirs
+        for image_dir in sorted(image_dirs):
+            try:
+                remove_image_dir(self.blocks, image_dir)
+            except OSError as exc:
+                log.warning("disk cache: %s", exc)
+
+    def images(self, held: dict[str, int]) -> list[CachedImage]:
+        """The image directories holding blocks (``held``: bytes by image directory),
+        with what their indexes say."""
+        with self._lock:
+            return [CachedImage(d, **self._about.get(d, {}), cached_bytes=n)
+                    for d, n in sorted(held.items()) if n]
+
+    def about(self, image_dir: str) -> dict:
+        """What the index of ``image_dir`` says (empty when it has none)."""
+        with self._lock:
+            return dict(self._about.get(image_dir, {}))
+
+    def dirs_of(self, image_id: str) -> list[str]:
+        """The image directories of ``image_id`` (any version or block size) that exist."""
+        with self._lock:
+            return sorted(d for d, about in self._about.items()
+                          if about.get("id") == image_id and d in self._dirs)
+
+    def all_dirs(self) -> list[str]:
+        with self._lock:
+            return sorted(self._dirs)
