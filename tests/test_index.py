@@ -6,6 +6,7 @@ from __future__ import annotations
 from cache_helpers import key
 
 from imagefs.cache import BlockKey, DiskCache
+from imagefs.cache.index import GroupIndex
 from imagefs.cache.disk import GROUP_BLOCKS
 
 
@@ -81,3 +82,19 @@ def test_an_unheld_images_keep_last_groups_go_after_its_other_unheld_groups(tmp_
     disk.store(group(0, "b"), b"b" * 1000)
     disk.store(group(1, "b"), b"b" * 1000)
     assert group(0, "a") in disk and group(1, "a") not in disk
+
+
+# ---- GroupIndex on its own (no files) ----------------------------------------------------
+def test_group_index_pops_by_rank_then_recency_and_pops_whole_image_dirs():
+    index = GroupIndex()
+    for where in [("a", 0), ("b", 0), ("a", 1), ("b", 1)]:  # least recently used first
+        index.stored(where, range(2), 1000)
+    assert index.bytes == 8000 and len(index) == 4
+    index.hold("a")
+    index.keep_last("b", [0])  # block 0: group 0 of b goes after b's others
+    assert index.pop_oldest() == (("b", 1), 2000)  # not held, no keep-last
+    assert index.pop_oldest(storing="a") == (("a", 0), 2000)  # a's own store: not held
+    index.hit(("a", 1), [0])
+    assert index.pop_dirs({"a", "c"}) == ([("a", 1)], 2000)
+    assert index.bytes == 2000 and index.image_bytes() == {"b": 2000}
+    assert index.pop_oldest(keep=("b", 0)) is None

@@ -13,6 +13,7 @@ from imagefs.cache import DiskCache
 from imagefs.cache import disk as disk_module
 from imagefs.cache import groupfile
 from imagefs.cache.disk import GROUP_BLOCKS
+from imagefs.cache.writers import WriteQueue
 
 
 def _eventually(check, timeout: float = 10.0) -> bool:
@@ -118,3 +119,24 @@ def test_queued_blocks_that_continue_each_other_are_written_together_and_read_ba
     assert len(data_writes) == 4, data_writes
     reopened = DiskCache(tmp_path / "c", 1 << 30)
     assert reopened.load(key(GROUP_BLOCKS + 3)) == blocks[key(GROUP_BLOCKS + 3)]
+
+
+# ---- WriteQueue on its own (a recording store_run) ---------------------------------------
+def test_a_write_queue_hands_runs_of_continuing_blocks_and_calls_drained_once_emptied():
+    def small(i):  # blocks of 100 bytes: whole ones continue one another
+        return key(i, block_size=100)
+
+    runs, taken, gate, drained = [], threading.Event(), threading.Event(), threading.Event()
+    queue = WriteQueue(lambda run: (taken.set(), gate.wait(10),
+                                    runs.append([k.index for k, _ in run])),
+                       drained.set, threads=1, limit=3 * 100)
+    assert queue.put(small(0), b"x" * 100) and taken.wait(10)  # the writer holds it
+    took = [queue.put(small(i), b"x" * 100) for i in (1, 2, 3, 4, 5)]
+    assert took == [True] * 3 + [False] * 2  # 1, 2 and 3 fill the queue
+    assert not drained.wait(0.1)
+    gate.set()
+    assert drained.wait(10)
+    assert runs == [[0], [1, 2, 3]]  # the queued blocks that continue one another: one run
+    assert queue.put(small(GROUP_BLOCKS), b"y" * 100) and queue.put(small(GROUP_BLOCKS + 1), b"z")
+    queue.close()  # writes what is queued, then stops
+    assert runs[2:] in ([[GROUP_BLOCKS, GROUP_BLOCKS + 1]], [[GROUP_BLOCKS], [GROUP_BLOCKS + 1]])

@@ -10,6 +10,13 @@ directory the disk tier may use (one it created, or tagged with a
 
 ``TieredCache`` puts both behind one interface: its memory calls run on the
 trio thread, its disk calls are blocking and run in worker threads.
+
+The disk tier, one job per module: ``disk`` (``DiskCache``: composes the
+rest), ``index`` (slots, LRU order, eviction ranks), ``groupfile`` (the file
+format and ``O_DIRECT`` writes), ``writers`` (the writer threads and their
+queue), ``space`` (the free-space guard), ``scan`` (the index rebuilt at
+open), ``inventory`` (which images a cache holds), ``directory`` (which
+directory may be a cache).
 """
 
 from .keys import BlockKey
