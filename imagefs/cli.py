@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import prewarm, profile_cmd
     prewarm.add_arguments(top, fmt)
-    profile_cmd.add_arguments(top, fmt)
+    profile_cmd.add_arguments(top, fmt, svc)
 
     cache = top.add_parser("cache", help="which images the disk cache holds; remove them")
     sub = cache.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -399,8 +399,9 @@ def run_status(args) -> int:
                                          "cache_size", "disk_behind_blocks",
                                          "disk_missed_blocks")], ("Field", "Value"))
     print_table([(i["id"], i["name"], i["size"], i["cached_bytes"], i["fetched_bytes"],
-                  i["path"]) for i in status["images"]],
-                ("ID", "Name", "Size", "Cached", "Fetched", "Path"))
+                  i["path"], (i["profile_replay"] or {}).get("origin") or "none")
+                 for i in status["images"]],
+                ("ID", "Name", "Size", "Cached", "Fetched", "Path", "Profile"))
     return 0
 
 

@@ -105,6 +105,7 @@ class MountConfig:
     read_deadline: float = 30.0         # a read answers EIO after this long at most
     profile_dir: Path | None = None     # boot profiles (None: <cache dir>/profiles)
     profile_window: float = 120.0       # seconds of reads a recording covers (0: none)
+    publish_profiles: bool = True       # publish and find profiles through the image service
     retry: RetryPolicy = RetryPolicy()  # metadata calls and block fetches; the mount's
     #                                     deadline is read_deadline
 

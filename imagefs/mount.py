@@ -60,7 +60,9 @@ from .retry import RetryPolicy
 from .sources.choose import DirectOptions, SourceChooser
 from .prewarm import Warmer
 from .progress import human
+from .profile_record import ProfileOps
 from .profiles import BootProfiles, ProfileStore
+from .profiles_published import ProfileStores, PublishedProfiles
 from .status import snapshot
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,9 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
     p.add_argument("--profile-window", type=float, default=120.0, metavar="SECONDS",
                    help="how long after an image's first read its reads are recorded "
                         "(default 120; 0 records nothing)")
+    p.add_argument("--no-publish-profiles", dest="publish_profiles", action="store_false",
+                   help="neither publish boot profiles through the image service nor look "
+                        "for published ones (the profile directory alone is used)")
     p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     p.add_argument("--uid", metavar="USER", help="owner of every file (default: the mount's user)")
     p.add_argument("--gid", metavar="GROUP", help="group of every file (default: the mount's)")
@@ -145,6 +150,7 @@ def config_from_args(args) -> MountConfig:
     if args.profile_dir:
         kwargs["profile_dir"] = Path(args.profile_dir).absolute()
     kwargs["profile_window"] = args.profile_window
+    kwargs["publish_profiles"] = args.publish_profiles
     return MountConfig(**kwargs)
 
 
@@ -338,9 +344,11 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
                                  read_deadline=config.read_deadline, retry=config.retry,
                                  nursery=nursery)
             fs = ImageFS(api, ctx, config, blocks)
-            profiles = BootProfiles(ProfileStore(config.profile_dir or
-                                                 config.cache_dir / "profiles"),
-                                    blocks, config.profile_window, nursery)
+            store = ProfileStores(ProfileStore(config.profile_dir or
+                                               config.cache_dir / "profiles"),
+                                  PublishedProfiles(api, ctx) if config.publish_profiles
+                                  else None)
+            profiles = BootProfiles(store, blocks, config.profile_window, nursery)
             fs.profiles = profiles
             warmer = Warmer(fs, blocks, profiles, nursery)
             if metrics_address:
@@ -360,6 +368,8 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
                     return snapshot(fs, blocks, memory, disk, service, started)
                 if op in Warmer.OPS:
                     return await warmer.handle(request)
+                if op in ProfileOps.OPS:
+                    return await ProfileOps(fs, profiles).handle(request)
                 if isinstance(op, str) and op.startswith("cache-"):
                     return await cachectl.answer(request, memory, disk)
                 return {"error": f"unknown request {op!r}"}

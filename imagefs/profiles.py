@@ -76,6 +76,8 @@ class Profile:
     window_s: float = 120.0
     covered_s: float = 0.0  # the last first touch
     boots: int = 1
+    #: Where it was read from (``imagefs status`` shows it); not stored.
+    origin: str = dataclasses.field(default="local", compare=False)
 
     @property
     def bytes(self) -> int:
@@ -208,17 +210,28 @@ class ProfileStore:
             return None
         return profile
 
-    def find(self, image_id: str) -> list[Profile]:
-        """Every profile of the image, whatever its version (for ``profile show``)."""
+    def find(self, image_id: str | None) -> list[Profile]:
+        """Every profile of the image (of every image with None), whatever its version
+        (for ``profile list`` and ``show``)."""
         found = []
         with contextlib.suppress(OSError):
             for entry in sorted(self.root.glob("*.json")):
                 with contextlib.suppress(OSError, ValueError, KeyError, TypeError,
                                          UnicodeDecodeError):
                     profile = Profile.from_json(entry.read_text())
-                    if profile.image_id == image_id:
+                    if image_id is None or profile.image_id == image_id:
+                        profile.origin = f"local {entry}"
                         found.append(profile)
         return found
+
+    def delete(self, image_id: str) -> int:
+        """Remove the image's profiles, of every version; how many went."""
+        gone = 0
+        for profile in self.find(image_id):
+            with contextlib.suppress(FileNotFoundError):
+                self.path(profile.image_id, profile.version).unlink()
+                gone += 1
+        return gone
 
     def save(self, profile: Profile) -> Profile:
         """Merge ``profile`` into the stored one and write the result atomically."""
@@ -243,6 +256,7 @@ class _Recording:
     started: float  # trio.current_time()
     touched: dict[int, float] = dataclasses.field(default_factory=dict)
     saved: bool = False
+    window: float = 120.0  # seconds it lasts at most
 
 
 class BootProfiles:
@@ -257,7 +271,8 @@ class BootProfiles:
         self.replays: dict[str, dict] = {}  # image id -> the last replay's figures
 
     def opened(self, image: ImageRef) -> None:
-        """A ``data`` file was opened: replay its profile, once per mount."""
+        """A ``data`` file was opened: replay its profile, once per mount.  Where
+        none was found, a later open looks again (the store remembers misses)."""
         key = (image.id, image.version)
         if key not in self._replayed:
             self._replayed.add(key)
@@ -270,14 +285,13 @@ class BootProfiles:
         return until is not None and trio.current_time() < until
 
     def on_read(self, image: ImageRef, offset: int, size: int) -> None:
-        if self.window <= 0:
-            return
         key = (image.id, image.version)
         rec = self._recordings.get(key)
         now = trio.current_time()
         if rec is None:
-            rec = self._recordings[key] = _Recording(image, now)
-            self.nursery.start_soon(self._save_after_window, rec)
+            if self.window <= 0:
+                return
+            rec = self._start(image, self.window)
         if rec.saved or size <= 0:
             return
         bs = self.blocks.block_size
@@ -285,33 +299,64 @@ class BootProfiles:
         for index in range(offset // bs, (min(offset + size, image.size) - 1) // bs + 1):
             rec.touched.setdefault(index, t)
 
+    def _start(self, image: ImageRef, window: float) -> _Recording:
+        old = self._recordings.get((image.id, image.version))
+        if old is not None:
+            old.saved = True  # its timer then saves nothing
+        rec = self._recordings[(image.id, image.version)] = \
+            _Recording(image, trio.current_time(), window=window)
+        self.nursery.start_soon(self._save_after_window, rec)
+        return rec
+
+    def record(self, image: ImageRef, window: float) -> None:
+        """Record the image's reads from now on, for ``window`` seconds or until
+        ``save_now`` (``imagefs profile record``), whatever the mount's window."""
+        self._start(image, window)
+
+    async def save_now(self, image_id: str, publish: bool) -> dict:
+        """Save (and with ``publish``, publish) the image's recording now; its figures."""
+        recs = [r for r in self._recordings.values() if r.image.id == image_id and not r.saved]
+        if not recs:
+            return {"error": f"image {image_id}: nothing recorded (its data was not read "
+                             "since the recording started)"}
+        saved = await trio.to_thread.run_sync(self._save, recs[-1], publish)
+        if saved is None:
+            return {"error": f"image {image_id}: the recording was not saved (see the "
+                             "mount's log)"}
+        return {"image": image_id, "ranges": len(saved.ranges), "bytes": saved.bytes,
+                "covered_s": saved.covered_s, "boots": saved.boots,
+                "published": publish and getattr(self.store, "publishes", False)}
+
     async def _save_after_window(self, rec: _Recording) -> None:
-        await trio.sleep(self.window)
+        await trio.sleep(rec.window)
         try:
             await trio.to_thread.run_sync(self._save, rec)
         except Exception:  # a bug here must cost the profile, not the mount
             log.exception("image %s: saving its boot profile failed", rec.image.id)
 
-    def _save(self, rec: _Recording) -> None:
+    def _save(self, rec: _Recording, publish: bool = True) -> Profile | None:
+        """Save the recording (locally only, without ``publish``); the saved profile."""
         if rec.saved or not rec.touched:
-            return
+            return None
         rec.saved = True
         profile = Profile.of_blocks(rec.image, self.blocks.block_size, dict(rec.touched),
-                                    self.window)
+                                    rec.window)
         if profile.bytes > MAX_SHARE * rec.image.size:
             log.info("image %s: not saving a boot profile: %.0f%% of the image was read "
                      "in its window (a copy, not a boot)", rec.image.id,
                      100 * profile.bytes / max(rec.image.size, 1))
-            return
+            return None
+        store = self.store if publish else getattr(self.store, "local", self.store)
         try:
-            saved = self.store.save(profile)
+            saved = store.save(profile)
         except OSError as exc:
             log.warning("image %s: cannot save its boot profile in %s: %s", rec.image.id,
                         self.store.root, exc.strerror or exc)
-            return
+            return None
         log.info("image %s: boot profile saved: %d ranges, %.1f MiB over %.1f s (%d boots)",
                  rec.image.id, len(saved.ranges), saved.bytes / 2**20, saved.covered_s,
                  saved.boots)
+        return saved
 
     def save_all(self) -> None:
         """Save every recording not saved yet (at unmount; blocking)."""
@@ -329,24 +374,30 @@ class BootProfiles:
             self.replays[image.id] = {"finished": True, "failure": "internal error (logged)"}
 
     async def _replay_profile(self, image: ImageRef) -> None:
+        key = (image.id, image.version)
         profile = await trio.to_thread.run_sync(self.store.load, image.id, image.version)
+        if profile is not None and profile.size != image.size:
+            log.warning("image %s: boot profile (%s) ignored: it is of %d bytes, the image "
+                        "of %d", image.id, profile.origin, profile.size, image.size)
+            profile = None
         if profile is None:
+            self._replayed.discard(key)
             return
         self._guided_until[(image.id, image.version)] = \
             trio.current_time() + (self.window or GUIDE_S)
         bs = self.blocks.block_size
         self.blocks.keep_last(image, {i for start, end in profile.byte_ranges()
                                       for i in range(start // bs, (end - 1) // bs + 1)})
-        log.info("image %s: replaying its boot profile: %d ranges, %.1f MiB", image.id,
-                 len(profile.ranges), profile.bytes / 2**20)
-        self.replays[image.id] = {"finished": False}
+        log.info("image %s: replaying its boot profile (%s): %d ranges, %.1f MiB", image.id,
+                 profile.origin, len(profile.ranges), profile.bytes / 2**20)
+        self.replays[image.id] = {"finished": False, "origin": profile.origin}
 
         def progress(figures: dict) -> None:
-            self.replays[image.id] = {**figures, "finished": False}
+            self.replays[image.id] = {**figures, "finished": False, "origin": profile.origin}
 
         figures = await self.blocks.warm(image, list(profile.byte_ranges()), progress,
                                          in_memory=True)
-        self.replays[image.id] = {**figures, "finished": True}
+        self.replays[image.id] = {**figures, "finished": True, "origin": profile.origin}
         log.info("image %s: boot profile replayed: %d blocks, %d cached already, %.1f MiB "
                  "fetched, %d failed", image.id, figures["blocks"], figures["cached"],
                  figures["fetched"] / 2**20, figures["failed"])

@@ -5,7 +5,8 @@ for the control socket (``imagefs.control``).  Byte counts are what the daemon
 fetched from the image's source (Glance, RBD, a file), which is what the
 source sent for the blocks it delivered.  ``profile_replay`` is the figures
 of the image's boot-profile replay on this mount (``BlockReader.warm``'s,
-with ``finished``), or null when it has none.
+with ``finished``, and ``origin``: where the profile came from, ``local`` or
+``published <profile image ids>``), or null when it has none.
 """
 
 from __future__ import annotations
