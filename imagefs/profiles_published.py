@@ -112,6 +112,9 @@ class PublishedProfiles:
             if self._misses.get(key, 0) > self.clock():
                 return None
         pairs = self._published(image_id, version)
+        log.info("image %s: looked for a published boot profile: %s", image_id,
+                 f"{len(pairs)} found" if pairs else
+                 f"none (not looked for again for {self.miss_ttl:.0f} s)")
         profile = self._merge(p for _, p in pairs)
         if profile is not None:
             profile.origin = "published " + ",".join(r["id"] for r, _ in pairs)
@@ -273,7 +276,9 @@ class PublishedProfiles:
             if key in self._warned:
                 return
             self._warned.add(key)
-        log.warning("%s", message)
+        # the message is the format: each is logged once, and a flood filter that
+        # collapses repeats of a format must not fold two profiles' reasons into one
+        log.warning(message.replace("%", "%%"))
 
 
 def _session_project(ctx) -> str | None:
