@@ -16,9 +16,9 @@ qemu follows what the image's properties say it needs: ``hw_disk_bus``
 (``virtio``, the default; ``scsi`` (virtio-scsi), ``ide``, ``sata``) and
 ``hw_firmware_type`` (``bios``, the default; ``uefi`` with OVMF from
 ``OVMF_CANDIDATES``), with ``min_ram`` MiB of memory (512 at least).  The
-accelerator is KVM when ``/dev/kvm`` is usable and qemu does not stop the
-guest with an emulation failure in its first seconds; else TCG (the
-recording starts again with the TCG boot).
+accelerator is KVM when ``/dev/kvm`` is usable, unless qemu stops the guest
+with an emulation failure (nested KVM often does) or fails at once: then the
+boot, and the recording, start again under TCG.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ QEMU = "qemu-system-x86_64"
 BUSES = ("virtio", "scsi", "ide", "sata")
 OVMF_CANDIDATES = ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/ovmf/OVMF.fd",
                    "/usr/share/qemu/OVMF.fd")
-#: Seconds a KVM boot must survive before KVM is trusted with it.
+#: A KVM qemu that fails this soon is taken for a KVM that does not work here.
 KVM_TRIAL = 5.0
 _KVM_BROKEN = "emulation failure"
 #: Seconds the daemon's recording outlasts the window (the save comes before).
@@ -130,9 +130,10 @@ def _boot(cmd: list[str], log: Path, window: float, accel: str, progress) -> tup
             while True:
                 elapsed = time.monotonic() - start
                 code = proc.poll()
-                if accel == "kvm" and elapsed < KVM_TRIAL + 1:
+                if accel == "kvm":
                     err.seek(0)
-                    if _KVM_BROKEN in err.read() or (code not in (None, 0)):
+                    if _KVM_BROKEN in err.read() or \
+                            (code not in (None, 0) and elapsed < KVM_TRIAL):
                         return "kvm-broken", elapsed
                 if code is not None:
                     if code != 0:
