@@ -73,6 +73,16 @@ def test_hosts_with_no_shared_directory_boot_from_the_first_hosts_published_prof
     assert during == 0
     for m in hosts:
         assert "Traceback" not in m.output()
+    shown = imagefs("profile", "show", image_id, "--cache-dir", str(tmp_path / "cache1"),
+                    env={**os.environ, **env(glance)})
+    assert shown.returncode == 0 and shown.stdout.count(f"| image ") == 2  # local, published
+    gone = imagefs("profile", "delete", image_id, "--cache-dir", str(tmp_path / "cache1"),
+                   env={**os.environ, **env(glance)})
+    assert gone.returncode == 0, gone.stderr
+    assert "1 local and 1 published" in gone.stdout  # hosts 2-4 merged theirs into one
+    left = imagefs("profile", "show", image_id, "--cache-dir", str(tmp_path / "cache1"),
+                   env={**os.environ, **env(glance)})
+    assert left.returncode != 0 and "no boot profile" in left.stderr
 
 
 def test_a_listing_costs_no_lookups_and_an_open_one_remembered_miss(glance, tmp_path):
