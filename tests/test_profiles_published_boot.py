@@ -62,8 +62,7 @@ def test_hosts_2_to_4_boot_at_once_from_host_1s_published_profile(
     assert sent > 0
     booted, sent, at_marker = boot_hosts(glance, image_id, "raw", tmp_path, accel,
                                          ["host2", "host3", "host4"])
-    print(f"
-hosts 2-4 at once: markers after {[round(b.seconds, 1) for b, _ in booted]} s; "
+    print(f"\nhosts 2-4 at once: markers after {[round(b.seconds, 1) for b, _ in booted]} s; "
           f"Glance sent {sent} bytes, {sent - at_marker} after the last marker; "
           f"replays {[r for _, r in booted]}")
     for _, replay in booted:
