@@ -21,7 +21,8 @@ show it, and private so that only its project (and admins) see it.
 their own project's private images), reads each and merges them.  A profile
 is trusted only if its image is owned by the mount's project (``ctx.project_id``,
 else the project keystoneauth names, else the owner Glance gave the mount's
-own first published profile), its data is at most ``MAX_PROFILE_BYTES``, it
+own first published profile; with a bare token before that, Glance's private
+listing is the check, which for an admin's token shows every project's), its data is at most ``MAX_PROFILE_BYTES``, it
 parses, it names the same image, version and size, its ranges lie inside the
 image, and the bytes it would make the mount fetch are at most ``MAX_SHARE``
 of the image.  Anything else is ignored with one warning per published
@@ -99,9 +100,6 @@ class PublishedProfiles:
         self._warned: set[str] = set()
         self._project: str | None = ctx.project_id or _session_project(ctx)
         self._lock = threading.Lock()
-
-    def describe(self) -> str:
-        return "the image service"
 
     # ---- finding ------------------------------------------------------------
     def load(self, image_id: str, version: str) -> Profile | None:
@@ -192,13 +190,14 @@ class PublishedProfiles:
         """Why the record's profile may not be used, before reading it; None if it may."""
         if record.get("status") != "active":
             return f"it is {record.get('status')}"
-        if self._project is None:
-            return None  # Glance listed only the mount's project's private images
-        if record.get("owner") != self._project:
-            return f"it belongs to project {record.get('owner')}, not the mount's " \
-                   f"({self._project})"
         if (record.get("size") or 0) > MAX_PROFILE_BYTES:
             return f"its data is {record['size']} bytes, over {MAX_PROFILE_BYTES}"
+        if self._project is not None and record.get("owner") != self._project:
+            return f"it belongs to project {record.get('owner')}, not the mount's " \
+                   f"({self._project})"
+        # With the project unknown (a bare token, before the mount's first publish),
+        # Glance's visibility=private listing is the check: a non-admin sees only
+        # their own project's private images.
         return None
 
     @staticmethod

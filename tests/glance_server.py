@@ -21,7 +21,7 @@ The wrapper also gives tests a control channel (``/_test/...``, not part of
 Glance's API):
 
 - ``GET /_test/stats``: bytes of image data sent (the bodies of ``GET .../file``
-  answered 2xx) and the
+  answered 2xx; in all, and by image id in ``data_bytes_by_image``) and the
   number of requests, by kind;
 - ``POST /_test/reset``: zero the counters and clear faults;
 - ``POST /_test/faults`` with a JSON object: ``refuse_ranges`` (answer 400 to
@@ -179,7 +179,7 @@ class IdentityWrapper:
     def reset(self):
         with self.lock:
             self.stats = {"data_bytes": 0, "data_requests": 0, "range_requests": 0,
-                          "requests": 0, "list_requests": 0, "get_requests": 0,
+                          "data_bytes_by_image": {}, "requests": 0, "list_requests": 0, "get_requests": 0,
                           "unauthorized": 0}
             self._set_faults({})
             self.link_free_at = 0.0  # when the ``rate`` link has sent what it was given
@@ -216,7 +216,9 @@ class IdentityWrapper:
         path = environ["PATH_INFO"]
         if path == "/_test/stats":
             with self.lock:
-                return self._simple(start_response, "200 OK", dict(self.stats))
+                by_image = dict(self.stats["data_bytes_by_image"])
+                return self._simple(start_response, "200 OK",
+                                    {**self.stats, "data_bytes_by_image": by_image})
         if path == "/_test/reset":
             self.reset()
             return self._simple(start_response, "200 OK", {})
@@ -289,7 +291,7 @@ class IdentityWrapper:
         def recording(code, headers, *exc_info):
             status.append(code)
             return start_response(code, headers, *exc_info)
-        return self._count(self.app(environ, recording), faults, status)
+        return self._count(self.app(environ, recording), faults, status, path.split("/")[3])
 
     def _pace(self, n: int):
         """Sleep until ``n`` more bytes have crossed the ``rate`` link (none set: return).
@@ -309,7 +311,7 @@ class IdentityWrapper:
         if wait > 0:
             time.sleep(wait)
 
-    def _count(self, body, faults, status):
+    def _count(self, body, faults, status, image_id: str):
         """Pass ``body`` on at the link's ``rate``, counting it as data only if it is
         image data (2xx): an error's body is not."""
         drop_after = None
@@ -335,6 +337,8 @@ class IdentityWrapper:
                 sent += len(chunk)
                 with self.lock:
                     self.stats["data_bytes"] += len(chunk)
+                    by_image = self.stats["data_bytes_by_image"]
+                    by_image[image_id] = by_image.get(image_id, 0) + len(chunk)
                 yield chunk
         finally:
             if hasattr(body, "close"):
