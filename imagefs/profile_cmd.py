@@ -93,7 +93,7 @@ def run_delete(args) -> int:
     gone_published = published.delete(args.image) if published is not None else 0
     if not gone_local and not gone_published:
         raise ImageNotFound(f"no boot profile of image {args.image} in {local.root}"
-                            + ("" if published is None else " nor published"))
+                            f"{'' if published is None else ' nor published'}")
     print(f"{args.image}: {gone_local} local and {gone_published} published boot profiles "
           "deleted")
     return 0
@@ -103,7 +103,7 @@ def run_show(args) -> int:
     local, published, profiles = _all(args, args.image)
     if not profiles:
         raise ImageNotFound(f"no boot profile of image {args.image} in {local.root}"
-                            + ("" if published is None else " nor published"))
+                            f"{'' if published is None else ' nor published'}")
     if args.format == "json":
         print(json.dumps([json.loads(p.to_json()) for p in profiles], indent=2))
         return 0

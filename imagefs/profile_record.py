@@ -183,7 +183,7 @@ def run_record(args) -> int:
         top = Path(work) / "overlay.qcow2"
         made = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b",
                                str(mountpoint / image / "data"), "-F", fmt, str(top)],
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, check=False)
         if made.returncode != 0:
             raise ImagefsError(f"qemu-img create failed: {made.stderr.strip()}")
         accel = "kvm" if _kvm_usable() else "tcg"

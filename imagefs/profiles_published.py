@@ -52,8 +52,13 @@ import threading
 import time
 from typing import Any
 
-from .errors import (BackendUnavailable, ImagefsError, ImageNotAuthorized, ImageNotFound,
-                     ImageQuotaExceeded)
+from .errors import (
+    BackendUnavailable,
+    ImagefsError,
+    ImageNotAuthorized,
+    ImageNotFound,
+    ImageQuotaExceeded,
+)
 from .profiles import MAX_SHARE, Profile
 
 log = logging.getLogger(__name__)
@@ -286,7 +291,7 @@ def _session_project(ctx) -> str | None:
         return None
     try:
         return session.get_project_id()
-    except Exception:  # no identity service reachable now: learnt at the first publish
+    except Exception:  # noqa: BLE001 keystoneauth's, any: learnt at the first publish
         return None
 
 

@@ -33,16 +33,25 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT))
 
-from boot_bench import (ANYWHERE, MB, TOKEN, boot_on_imagefs, build_guest,  # noqa: E402
-                        download_then_boot, fresh_start)
-from bench import ALICE, Mount  # noqa: E402
-from glance_server import GlanceServer  # noqa: E402
+import guest
+from bench import ALICE, Mount
+from boot_bench import (
+    ANYWHERE,
+    MB,
+    TOKEN,
+    boot_on_imagefs,
+    build_guest,
+    download_then_boot,
+    fresh_start,
+)
+from glance_server import GlanceServer
 
-import guest  # noqa: E402
-from imagefs.api import API  # noqa: E402
-from imagefs.drivers.glance import GlanceDriver  # noqa: E402
+from imagefs.api import API
+from imagefs.drivers.glance import GlanceDriver
 
 LOOKED = "looked for a published boot profile"
 

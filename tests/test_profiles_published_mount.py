@@ -75,7 +75,7 @@ def test_hosts_with_no_shared_directory_boot_from_the_first_hosts_published_prof
         assert "Traceback" not in m.output()
     shown = imagefs("profile", "show", image_id, "--cache-dir", str(tmp_path / "cache1"),
                     env={**os.environ, **env(glance)})
-    assert shown.returncode == 0 and shown.stdout.count(f"| image ") == 2  # local, published
+    assert shown.returncode == 0 and shown.stdout.count("| image ") == 2  # local, published
     gone = imagefs("profile", "delete", image_id, "--cache-dir", str(tmp_path / "cache1"),
                    env={**os.environ, **env(glance)})
     assert gone.returncode == 0, gone.stderr
