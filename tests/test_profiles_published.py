@@ -202,3 +202,44 @@ def test_the_local_directory_goes_first_and_a_save_goes_to_both(backend, image_i
     off = ProfileStores(ProfileStore(tmp_path / "r"), None)
     off.save(profile(image_id, [(0, 4096, 0)]))
     assert PublishedProfiles(backend.api, ALICE).records(image_id) == []
+
+
+def test_an_open_after_a_miss_looks_again_and_a_profile_of_another_size_is_not_replayed(
+        caplog):
+    import types
+
+    import trio
+
+    from imagefs.blocks import ImageRef
+    from imagefs.profiles import BootProfiles
+
+    image = ImageRef(str(uuid.uuid4()), "v1", SIZE)
+    answers = [None, profile(image.id, [(0, 4096, 0)], size=SIZE + 1),
+               profile(image.id, [(0, 4096, 0)])]
+    loads, warmed = [], []
+
+    class Store:
+        root = "nowhere"
+
+        def load(self, image_id, version):
+            loads.append((image_id, version))
+            return answers[len(loads) - 1]
+
+    async def warm(ref, ranges, progress, in_memory):
+        warmed.append(ranges)
+        return {"blocks": 1, "cached": 0, "fetched": 4096, "failed": 0}
+    blocks = types.SimpleNamespace(block_size=4096, keep_last=lambda *a: None, warm=warm)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            profiles = BootProfiles(Store(), blocks, 0, nursery)
+            for _ in range(4):
+                profiles.opened(image)
+                await trio.sleep(0.1)  # the load runs in a thread
+            nursery.cancel_scope.cancel()
+        return profiles
+    with caplog.at_level(logging.WARNING):
+        profiles = trio.run(main)
+    assert len(loads) == 3  # a miss, a profile of other bytes, then the profile: replayed
+    assert warmed == [[(0, 4096)]] and profiles.replays[image.id]["origin"] == "local"
+    assert len(warnings(caplog)) == 1 and "of 104857601 bytes" in warnings(caplog)[0].getMessage()
