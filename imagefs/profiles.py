@@ -11,7 +11,9 @@ mount's own readahead and a replay do not.
 
 A **profile** is a small JSON file in the profile directory (``--profile-dir``,
 by default ``<cache dir>/profiles``; hosts that share one, over NFS say,
-share their profiles)::
+share their profiles), and is also published through the image service for
+hosts that share nothing else (``imagefs.profiles_published``, whose
+``ProfileStores`` puts both behind this module's ``ProfileStore`` interface)::
 
     {"imagefs_profile": 1, "image_id": ..., "version": ..., "size": ...,
      "window_s": 120, "covered_s": 23.4, "boots": 2,
