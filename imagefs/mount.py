@@ -104,9 +104,10 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
     p.add_argument("--profile-window", type=float, default=120.0, metavar="SECONDS",
                    help="how long after an image's first read its reads are recorded "
                         "(default 120; 0 records nothing)")
-    p.add_argument("--no-publish-profiles", dest="publish_profiles", action="store_false",
-                   help="neither publish boot profiles through the image service nor look "
-                        "for published ones (the profile directory alone is used)")
+    p.add_argument("--publish-profiles", action=argparse.BooleanOptionalAction, default=True,
+                   help="publish boot profiles through the image service, and look for "
+                        "published ones (default on; --no-publish-profiles: the profile "
+                        "directory alone)")
     p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     p.add_argument("--uid", metavar="USER", help="owner of every file (default: the mount's user)")
     p.add_argument("--gid", metavar="GROUP", help="group of every file (default: the mount's)")

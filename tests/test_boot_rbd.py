@@ -46,8 +46,7 @@ def boot_hosts(glance, ceph, image_id: str, work, profiles, hosts: int, accel: s
     osd_before = osd_read_bytes(ceph)
     start = time.monotonic()
     mounts = [Mount(work / f"host{i}", work / f"cache{i}", env, "--direct", "rbd",
-                    "--profile-dir", str(profiles), "--no-publish-profiles", *ceph_args(ceph))
-              for i in range(hosts)]  # the shared directory alone (published: elsewhere)
+                    "--profile-dir", str(profiles), *ceph_args(ceph)) for i in range(hosts)]
     try:
         def one(i: int):
             data = mounts[i].image(image_id) / "data"

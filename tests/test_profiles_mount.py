@@ -141,8 +141,7 @@ def test_prefetch_profile_only_then_whole_image_and_both_survive_a_remount(
     finally:
         assert m.unmount() == 0, m.output()
 
-    m = Mount(tmp_path / "host2", cache, env(glance), "--profile-window", "0",
-              "--no-publish-profiles")  # its profile only in the shared directory
+    m = Mount(tmp_path / "host2", cache, env(glance), "--profile-window", "0")
     try:
         glance.reset()
         boot(m, image_id, data)
@@ -156,7 +155,7 @@ def test_prefetch_profile_only_then_whole_image_and_both_survive_a_remount(
         assert whole <= SIZE - warmed + 1  # the cached part cost nothing
     finally:
         assert m.unmount() == 0, m.output()
-    m = Mount(tmp_path / "host2", cache, env(glance), "--no-publish-profiles")
+    m = Mount(tmp_path / "host2", cache, env(glance))
     try:
         glance.reset()
         copy = tmp_path / "copy"

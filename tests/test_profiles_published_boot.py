@@ -20,6 +20,9 @@ import pytest
 from test_boot import accel, boot_on_mount, guest_disks, guest_images, replay_of  # noqa: F401
 from test_mount import Mount
 
+#: The test Mount does not publish unless asked.
+PUBLISH = "--publish-profiles"
+
 pytestmark = [pytest.mark.boot, pytest.mark.mount, pytest.mark.glance]
 
 #: Bytes Glance may send after the last marker (the guest's power-off path reads a
@@ -32,7 +35,8 @@ def boot_hosts(glance, image_id: str, fmt: str, tmp_path, accelerator: str, host
     on each, all at once; [(boot, profile replay)], and Glance's bytes in all and
     before the last marker."""
     env = {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance.url}
-    mounts = [Mount(tmp_path / h / "mnt", tmp_path / h / "cache", env) for h in hosts]
+    mounts = [Mount(tmp_path / h / "mnt", tmp_path / h / "cache", env, PUBLISH)
+              for h in hosts]
     at_marker = []
     try:
         tops = [guest.overlay(m.image(image_id) / "data", fmt, tmp_path / h / "top.qcow2")
@@ -73,7 +77,7 @@ def test_profile_record_makes_the_first_boot_on_a_fresh_host_a_profiled_one(
         glance, guest_images, accel, tmp_path):  # noqa: F811
     image_id = guest_images["qcow2"]
     env = {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance.url}
-    recorder = Mount(tmp_path / "rec", tmp_path / "cache-rec", env)
+    recorder = Mount(tmp_path / "rec", tmp_path / "cache-rec", env, PUBLISH)
     try:
         out = subprocess.run([sys.executable, "-m", "imagefs", "profile", "record",
                               str(recorder.path), image_id, "--publish", "--window", "240",
@@ -85,7 +89,7 @@ def test_profile_record_makes_the_first_boot_on_a_fresh_host_a_profiled_one(
     assert out.returncode == 0, out.stderr
     assert "the guest powered off" in out.stdout and "published" in out.stdout
     fresh = boot_on_mount(glance, image_id, "qcow2", tmp_path / "cache-fresh",
-                          tmp_path / "fresh", accel)
+                          tmp_path / "fresh", accel, PUBLISH)
     print(fresh.report("first boot after profile record"))
     assert fresh.replay["origin"].startswith("published ")
     assert fresh.fetched - fresh.at_marker <= AFTER_MARKER

@@ -17,6 +17,9 @@ import uuid
 import pytest
 from conftest import ALICE, make_image
 from test_mount import Mount
+
+#: The test Mount does not publish unless asked.
+PUBLISH = "--publish-profiles"
 from test_profiles_mount import SIZE, boot, env, imagefs, status, wait_for_replay
 
 from imagefs.api import API
@@ -39,7 +42,7 @@ def image(glance):
 def test_hosts_with_no_shared_directory_boot_from_the_first_hosts_published_profile(
         glance, image, tmp_path):
     image_id, data = image
-    first = Mount(tmp_path / "host1", tmp_path / "cache1", env(glance))
+    first = Mount(tmp_path / "host1", tmp_path / "cache1", env(glance), PUBLISH)
     try:
         boot(first, image_id, data)
     finally:
@@ -51,7 +54,7 @@ def test_hosts_with_no_shared_directory_boot_from_the_first_hosts_published_prof
     assert image_id in listed.stdout and "published" in listed.stdout
 
     glance.reset()
-    hosts = [Mount(tmp_path / f"host{i}", tmp_path / f"cache{i}", env(glance))
+    hosts = [Mount(tmp_path / f"host{i}", tmp_path / f"cache{i}", env(glance), PUBLISH)
              for i in (2, 3, 4)]
     try:
         for m in hosts:  # qemu-img create opens the backing file before the boot
@@ -90,7 +93,7 @@ def test_a_listing_costs_no_lookups_and_an_open_one_remembered_miss(glance, tmp_
     tag = uuid.uuid4().hex
     ids = [make_image(api, ALICE, tag, data=b"x" * 4096, name=f"many-{tag[:6]}-{i}")["id"]
            for i in range(30)]
-    m = Mount(tmp_path / "mnt", tmp_path / "cache", env(glance))
+    m = Mount(tmp_path / "mnt", tmp_path / "cache", env(glance), PUBLISH)
     try:
         subprocess.run(["ls", "-l", str(m.path)], check=True, capture_output=True)
         for image_id in ids:
@@ -125,7 +128,7 @@ def test_damaged_oversized_and_foreign_profiles_are_ignored_with_one_warning_eac
     publish(ours, everything.encode()[:-30])  # damaged
     publish(ours, b" " * (MAX_PROFILE_BYTES + 1))  # oversized
     publish(theirs, Profile(image_id, version, SIZE, [(0, 1 << 20, 0)]).to_json().encode())
-    m = Mount(tmp_path / "mnt", tmp_path / "cache", {}, "--store", str(store))
+    m = Mount(tmp_path / "mnt", tmp_path / "cache", {}, "--store", str(store), PUBLISH)
     try:
         for _ in range(2):
             boot(m, image_id, data)  # the bytes are right, whatever was published

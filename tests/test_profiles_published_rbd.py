@@ -15,6 +15,9 @@ import pytest
 from test_boot import accel, guest_disks, replay_of  # noqa: F401 (fixtures)
 from test_boot_rbd import rbd_guest  # noqa: F401 (fixture)
 from test_mount import Mount
+
+#: The test Mount does not publish unless asked.
+PUBLISH = "--publish-profiles"
 from test_rbd import ceph_args, osd_read_bytes
 
 pytestmark = [pytest.mark.boot, pytest.mark.ceph, pytest.mark.mount, pytest.mark.glance]
@@ -23,7 +26,7 @@ pytestmark = [pytest.mark.boot, pytest.mark.ceph, pytest.mark.mount, pytest.mark
 def boot_hosts(glance, ceph, image_id, work, hosts: list[str], accel: str):  # noqa: F811
     env = {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance.url}
     mounts = [Mount(work / h / "mnt", work / h / "cache", env, "--direct", "rbd",
-                    *ceph_args(ceph)) for h in hosts]
+                    *ceph_args(ceph), PUBLISH) for h in hosts]
     glance.reset()
     osd_before = osd_read_bytes(ceph)
     try:
