@@ -51,7 +51,6 @@ import logging
 import os
 import re
 import tempfile
-import time
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from .context import RequestContext
@@ -59,7 +58,7 @@ from .drivers.base import Driver
 from .errors import (BackendUnavailable, ConfigError, ImageBadRequest, ImageChecksumMismatch, ImageConflict,
                      ImagefsError, ImageNoData, ImageNotFound, RangesRefused)
 from .records import DELETED_STATES, SORTABLE, split_info
-from .retry import Backoff, RetryPolicy, call_with_retries
+from .retry import Retrier, RetryPolicy, call_with_retries
 from .sources import Source, closing, skip_bytes
 from .sources.service import ServiceSource
 
@@ -254,25 +253,19 @@ class API:
     def _list(self, context, filters, marker, limit, sort_key, sort_dir, page_size):
         if limit == 0:
             return
-        backoff = Backoff(self.retry)
-        while True:
-            try:
-                for record in self.default.list(context, filters, marker=marker, limit=limit,
-                                                 sort_key=sort_key, sort_dir=sort_dir,
-                                                 page_size=page_size):
-                    yield record
-                    marker = record["id"]
-                    if limit is not None:
-                        limit -= 1
-                        if limit == 0:
-                            return
-                return
-            except BackendUnavailable as exc:
-                delay = backoff.next_delay()
-                if delay is None:
-                    raise
-                log.info("listing images: %s; resuming after %s in %.2fs", exc, marker, delay)
-                time.sleep(delay)
+
+        def open_listing():  # after the last image returned, as many as are still wanted
+            return self.default.list(context, filters, marker=marker, limit=limit,
+                                     sort_key=sort_key, sort_dir=sort_dir, page_size=page_size)
+        retrier = Retrier(self.retry, on_retry=lambda exc, delay: log.info(
+            "listing images: %s; resuming after %s in %.2fs", exc, marker, delay))
+        for record in retrier.iterate(open_listing):
+            yield record
+            marker = record["id"]
+            if limit is not None:
+                limit -= 1
+                if limit == 0:
+                    return
 
     def create(self, context: RequestContext, image_info: dict[str, Any],
                data: Any = None) -> dict[str, Any]:
@@ -444,23 +437,16 @@ class API:
                 offset: int) -> Iterator[bytes]:
         """The bytes ``open_at(offset)`` streams, opened again where they stopped
         after a ``BackendUnavailable`` (at the open or mid-body), within the policy."""
-        backoff = Backoff(self.retry)
-        while True:
-            try:
-                with closing(open_at(offset)) as stream:
-                    for chunk in stream:
-                        offset += len(chunk)
-                        yield chunk
-                return
-            except BackendUnavailable as exc:
-                delay = backoff.next_delay()
-                if delay is None:
-                    log.warning("image %s: giving up at byte %d after %d tries: %s", image_id,
-                                offset, backoff.tries, exc)
-                    raise
-                log.warning("image %s: %s; resuming at byte %d in %.2fs", image_id, exc,
-                            offset, delay)
-                time.sleep(delay)
+        retrier = Retrier(self.retry, on_retry=lambda exc, delay: log.warning(
+            "image %s: %s; resuming at byte %d in %.2fs", image_id, exc, offset, delay))
+        try:
+            for chunk in retrier.iterate(lambda: open_at(offset)):
+                offset += len(chunk)
+                yield chunk
+        except BackendUnavailable as exc:
+            log.warning("image %s: giving up at byte %d after %d tries: %s", image_id, offset,
+                        retrier.tries, exc)
+            raise
 
     # ---- helpers ------------------------------------------------------------
     def _transfer(self, context, driver, record, write) -> None:
