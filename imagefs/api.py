@@ -57,6 +57,7 @@ from .context import RequestContext
 from .drivers.base import Driver
 from .errors import (BackendUnavailable, ConfigError, ImageBadRequest, ImageChecksumMismatch, ImageConflict,
                      ImagefsError, ImageNoData, ImageNotFound, RangesRefused)
+from .ids import is_uuid_like
 from .records import DELETED_STATES, SORTABLE, split_info
 from .retry import Retrier, RetryPolicy, call_with_retries
 from .sources import Source, closing, skip_bytes
@@ -64,8 +65,6 @@ from .sources.service import ServiceSource
 
 log = logging.getLogger(__name__)
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
-                   r"[0-9a-fA-F]{12}$")
 _PAGING = {"marker", "limit", "sort_key", "sort_dir", "page_size", "filters"}
 CHUNK = 1 << 20
 
@@ -171,12 +170,12 @@ class API:
         """(driver, image id) for a UUID or an image URI."""
         if not isinstance(id_or_uri, str) or not id_or_uri:
             raise ImageBadRequest(f"not an image id or URI: {id_or_uri!r}")
-        if _UUID.match(id_or_uri):
+        if is_uuid_like(id_or_uri):
             return self.default, id_or_uri
         for driver in self.drivers:
             image_id = driver.parse_uri(id_or_uri)
             if image_id is not None:
-                if not _UUID.match(image_id):
+                if not is_uuid_like(image_id):
                     raise ImageBadRequest(f"{id_or_uri!r} does not end in an image id")
                 return driver, image_id
         if ":" in id_or_uri:

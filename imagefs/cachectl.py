@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,7 @@ from . import control
 from .cache.directory import is_tagged
 from .cache.inventory import CachedImage, read_cache, remove_image_dir
 from .errors import ConfigError, ImagefsError, ImageNotFound
-
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+from .ids import is_image_id
 
 
 def image_ids(texts: list[str]) -> list[str]:
@@ -45,7 +43,7 @@ def image_ids(texts: list[str]) -> list[str]:
     ids = []
     for text in texts:
         image_id = text.strip().lower()
-        if not _UUID.fullmatch(image_id):
+        if not is_image_id(image_id):
             raise ConfigError(f"not an image id: {text!r} (a UUID, as in imagefs cache list)")
         if image_id not in ids:
             ids.append(image_id)

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from . import __version__
 from .argv_token import hide_token, token_from_argv
 from .errors import ConfigError, ImagefsError, ImageNotFound, ImageProtected
+from .ids import is_uuid_like
 from .output import (FORMATS, list_columns, print_record, print_records, print_table,
                      record_columns)
 from .progress import ProgressLine, human
@@ -294,14 +295,12 @@ def _merged(shown, hidden, sort_key: str, sort_dir: str, limit: int | None):
     return itertools.islice(merged, limit) if limit is not None else merged
 
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
-                   r"[0-9a-fA-F]{12}")
 
 
 def _image_id(api, ctx, text: str) -> str:
     """An image UUID or URI as given; a name, for the one image that has it (as
     ``openstack image show NAME`` does)."""
-    if _UUID.fullmatch(text) or "://" in text or text.startswith("imagefs-local:"):
+    if is_uuid_like(text) or "://" in text or text.startswith("imagefs-local:"):
         return text
     ids = [r["id"] for r in api.get_all(ctx, name=text, status=None, limit=10)]
     if not ids:

@@ -27,11 +27,11 @@ import trio
 
 from . import control
 from .errors import ConfigError, ImagefsError
+from .ids import is_image_id
 from .progress import ProgressLine, human
 
 log = logging.getLogger(__name__)
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: Seconds between two polls of a job.
 POLL = 0.25
 #: Seconds between two progress lines in the mount's log.
@@ -55,7 +55,7 @@ class Warmer:
                 return {"error": f"no prefetch job {request.get('job')!r}"}
             return job
         image_id = str(request.get("image", ""))
-        if not _UUID.fullmatch(image_id):
+        if not is_image_id(image_id):
             return {"error": f"not an image id: {image_id!r}"}
         image = (await self.fs._image(image_id)).ref
         if request.get("profile_only"):
@@ -116,7 +116,7 @@ def add_arguments(top, fmt) -> None:
 
 def image_id(mountpoint: Path, text: str) -> str:
     """An image id, or the id a ``by-name`` link of the mount names."""
-    if _UUID.fullmatch(text):
+    if is_image_id(text):
         return text
     try:
         target = os.readlink(mountpoint / "by-name" / text)

@@ -55,7 +55,7 @@ from ..records import make_record
 log = logging.getLogger(__name__)
 
 CHUNK = 256 << 10
-_IMAGE_PATH = re.compile(r"^(?P<base>.*?)/v2/images/(?P<id>[0-9a-fA-F-]{32,36})/?$")
+_IMAGE_PATH = re.compile(r"^(?P<base>.*?)/v2/images/(?P<id>[^/]+)/?$")  # the API checks the id
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 

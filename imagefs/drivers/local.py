@@ -43,10 +43,10 @@ from typing import Any, Iterable, Iterator, Mapping
 from ..context import RequestContext
 from ..errors import (ImageBadRequest, ImageConflict, ImageNoData, ImageNotAuthorized,
                       ImageNotFound, ImageProtected)
+from ..ids import is_image_id
 from ..records import DELETED_STATES, FIELDS, make_record
 
 URI_SCHEME = "imagefs-local"
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 DISK_FORMATS = {"ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"}
 CONTAINER_FORMATS = {"ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed"}
 VISIBILITIES = {"public", "private", "shared", "community"}
@@ -99,7 +99,7 @@ class LocalDriver:
         return None
 
     def _paths(self, image_id: str) -> tuple[Path, Path]:
-        if not _UUID.match(image_id):  # also keeps ids from naming other files
+        if not is_image_id(image_id):  # also keeps ids from naming other files
             raise ImageNotFound(f"no image {image_id!r}")
         return self.images / f"{image_id}.json", self.images / f"{image_id}.data"
 
