@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import signal
 import sys
 from typing import Any, Sequence
@@ -23,6 +22,7 @@ from .ids import is_uuid_like
 from .output import (FORMATS, list_columns, print_record, print_records, print_table,
                      record_columns)
 from .progress import ProgressLine, human
+from .records import tags_changed
 
 log = logging.getLogger("imagefs")
 
@@ -219,7 +219,7 @@ def _add_mount_commands(top, svc) -> None:
 
 # ---- the image commands ---------------------------------------------------------
 def _open(args):
-    from .connect import is_explicit, open_api, service_options
+    from .connect import direct_from_args, is_explicit, open_api, service_options
 
     opts = service_options(args)
     if not is_explicit(opts):
@@ -229,14 +229,8 @@ def _open(args):
     progress = None
     if args.action in ("create", "download") and sys.stderr.isatty():
         progress = ProgressLine("uploading" if args.action == "create" else "downloading")
-    api, ctx = open_api(opts, progress=progress)
-    if args.action == "download":
-        from .connect import direct_from_args
-        from .sources.choose import SourceChooser
-
-        direct = direct_from_args(args)
-        if direct.schemes:
-            api.direct = SourceChooser(api, ctx, direct).open_direct
+    direct = direct_from_args(args) if args.action == "download" else None
+    api, ctx = open_api(opts, progress=progress, direct=direct)
     return api, ctx, progress
 
 
@@ -295,8 +289,6 @@ def _merged(shown, hidden, sort_key: str, sort_dir: str, limit: int | None):
     return itertools.islice(merged, limit) if limit is not None else merged
 
 
-
-
 def _image_id(api, ctx, text: str) -> str:
     """An image UUID or URI as given; a name, for the one image that has it (as
     ``openstack image show NAME`` does)."""
@@ -342,8 +334,9 @@ def _update(api, ctx, args) -> int:
     info = _info(args)
     if not args.purge_props and not info["properties"]:
         del info["properties"]
-    print_record(api.update(ctx, args.image, info, purge_props=args.purge_props,
-                            add_tags=args.tags, remove_tags=args.remove_tags),
+    if args.tags or args.remove_tags:  # the new list; the driver changes only these tags
+        info["tags"] = tags_changed(api.get(ctx, args.image)["tags"], args.tags, args.remove_tags)
+    print_record(api.update(ctx, args.image, info, purge_props=args.purge_props),
                  args.format, args.chosen)
     return 0
 

@@ -45,7 +45,7 @@ from .cache.directory import claim
 from .config import (MountConfig, default_cache_dir, parse_free_space, parse_group,
                      parse_mode, parse_size, parse_user)
 from .connect import (NO_SERVICE, add_direct_arguments, describe, direct_from_args,
-                      is_explicit, open_api, service_options)
+                      is_explicit, open_api, open_chooser, service_options)
 from .errors import ConfigError, ImagefsError
 from .fs import ImageFS
 from .fuse_ops import FuseOps
@@ -57,7 +57,7 @@ from .mountpoint import IMAGEFS_FSTYPE
 from .mountpoint import probe as probe_mountpoint
 from .mountpoint import unmount
 from .retry import RetryPolicy
-from .sources.choose import DirectOptions, SourceChooser
+from .sources.choose import DirectOptions
 from .prewarm import Warmer
 from .progress import human
 from .profiles import BootProfiles, ProfileStore
@@ -327,7 +327,7 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
         _warn_if_beyond_filesystem(config)
 
     notify(f"STATUS=mounting at {mountpoint}")
-    chooser = SourceChooser(api, ctx, direct)
+    chooser = open_chooser(api.default, ctx, direct, api.retry)
     log.log(logging.WARNING if chooser.warns() else logging.INFO, "%s", chooser.describe())
 
     async def main() -> None:

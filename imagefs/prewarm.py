@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path

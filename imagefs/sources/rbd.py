@@ -39,7 +39,7 @@ import urllib.parse
 from typing import Iterator, Mapping
 
 from ..errors import BackendUnavailable, ImagefsError
-from . import Unusable
+from . import RBD, Unusable
 
 try:  # Debian's bindings, linked into the venv by scripts/setup
     import rados
@@ -195,7 +195,7 @@ class RbdCluster:
 class RbdSource:
     """One RBD snapshot, read-only; reopened after a failed read."""
 
-    kind = "rbd"
+    kind = RBD
 
     def __init__(self, ioctx, location: RbdLocation, size: int):
         self.ioctx, self.location, self.size = ioctx, location, size
