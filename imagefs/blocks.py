@@ -554,7 +554,7 @@ class BlockReader:
                    *, in_memory: bool = False) -> dict:
         """Bring the blocks of ``ranges`` (byte ranges ``(start, end)``, in the order
         given) into the cache ahead of any reader: ranged reads of up to ``WARM_RUN``
-        consecutive blocks, ``WARM_PARALLEL`` at once, each started only while no
+        consecutive blocks, half the fetch threads' worth at once, each started only while no
         reader's fetch is waiting for a thread.  Blocks cached or on their way cost
         nothing.  The blocks go to the disk tier, and with ``in_memory`` (a boot
         profile's, which a boot is about to read) to the memory tier too: a boot that

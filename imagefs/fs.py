@@ -40,7 +40,7 @@ from .blocks import BlockReader, ImageRef
 from .cache.keys import image_version
 from .config import MountConfig
 from .context import RequestContext
-from .errors import ImageNotFound
+from .errors import FsError, ImageNotFound
 from .ids import is_image_id
 from .names import by_name
 from .prefetch import Prefetcher
@@ -54,14 +54,6 @@ BY_NAME_INODE = 2
 _FIRST_IMAGE_INODE = 16
 METADATA, DATA, BY_NAME = "metadata.json", "data", "by-name"
 _KIND_DIR, _KIND_META, _KIND_DATA, _KIND_LINK = 0, 1, 2, 3
-
-
-class FsError(Exception):
-    """An errno the filesystem answers on its own account."""
-
-    def __init__(self, errno_: int, message: str = ""):
-        super().__init__(message or errno.errorcode.get(errno_, str(errno_)))
-        self.errno = errno_
 
 
 @dataclasses.dataclass

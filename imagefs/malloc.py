@@ -27,7 +27,8 @@ against 1.66-1.93 s in one set of 4 pairs, no difference in a noisier one.
 Peak RSS grows by 10-15 MiB (the heap keeps what it once held).
 
 The threshold is twice the largest buffer the daemon reads into: a stream
-from RBD reads 4 MiB at a time, and librados receives each reply into a
+from RBD read 4 MiB at a time when this was set (it reads 1 MiB now:
+``sources.rbd.STREAM_PIECE``), and librados receives each reply into a
 buffer of that size.  At exactly 4 MiB (the first setting) both were over
 it by their headers, so each got an ``mmap`` of fresh pages and a
 ``munmap`` (136 and 117 in a cold 256 MiB read, against 20 and 1 at 8 MiB);

@@ -35,7 +35,7 @@ SERVICE_KEYS = frozenset({"file", "schema", "self", "tags", "virtual_size", "dir
                           "locations", "stores", "os_hidden", "properties", "deleted",
                           "deleted_at"})
 
-#: Image states in which the data can be read.
+#: Image states of an image deleted or being deleted: its data cannot be read.
 DELETED_STATES = frozenset({"deleted", "pending_delete", "killed"})
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 from typing import Callable, Iterable, Iterator, Protocol
 
-from ..errors import BackendUnavailable, ImagefsError, RangesRefused
+from ..errors import BackendUnavailable, RangesRefused
 
 #: Source kinds: the image service's (``GLANCE``, ``LOCAL``: the driver's name) and
 #: the direct ones, read straight from the image's store.
@@ -41,11 +41,6 @@ DIRECT_KINDS = frozenset({RBD, FILE})
 #: (Glance's API: authentication, database and policy on each): a stream asks
 #: them for long ranges (``imagefs.streams``).
 COSTLY_REQUESTS = frozenset({GLANCE})
-
-
-class Unusable(ImagefsError):
-    """A direct source cannot serve this image (the message says why): read it
-    through the image service instead."""
 
 
 class Source(Protocol):

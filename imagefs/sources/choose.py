@@ -30,8 +30,8 @@ import threading
 from typing import Any, Callable, Iterator
 
 from ..context import RequestContext
-from ..errors import ConfigError, ImagefsError
-from . import DIRECT_KINDS, FILE, RBD, Source, Unusable
+from ..errors import ConfigError, ImagefsError, Unusable
+from . import DIRECT_KINDS, FILE, RBD, Source
 from .file import FileSource
 from .rbd import CephOptions, RbdCluster, RbdLocation, available
 

@@ -16,8 +16,8 @@ import threading
 import urllib.parse
 from typing import Iterator
 
-from ..errors import BackendUnavailable
-from . import FILE, Unusable
+from ..errors import BackendUnavailable, Unusable
+from . import FILE
 
 CHUNK = 4 << 20
 

@@ -38,8 +38,8 @@ import threading
 import urllib.parse
 from typing import Iterator, Mapping
 
-from ..errors import BackendUnavailable, ImagefsError
-from . import RBD, Unusable
+from ..errors import BackendUnavailable, ImagefsError, Unusable
+from . import RBD
 
 try:  # Debian's bindings, linked into the venv by scripts/setup
     import rados
@@ -49,7 +49,7 @@ except ImportError:  # pragma: no cover - depends on the host
 
 log = logging.getLogger(__name__)
 
-#: Bytes per read in a stream: the default block size, so that each read is a block.
+#: Bytes per read in a stream (four of the default 256 KiB blocks; a read is cut into blocks).
 STREAM_PIECE = 1 << 20
 #: Reads a stream keeps in flight.
 STREAM_DEPTH = 8
