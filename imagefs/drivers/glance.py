@@ -55,7 +55,8 @@ from ..records import make_record
 log = logging.getLogger(__name__)
 
 CHUNK = 256 << 10
-_IMAGE_PATH = re.compile(r"^(?P<base>.*?)/v2/images/(?P<id>[^/]+)/?$")  # the API checks the id
+#: An image URI's path; the API checks the id.
+_IMAGE_PATH = re.compile(r"^(?P<base>.*?)/v2/images/(?P<id>[^/]+)/?$")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 

@@ -160,8 +160,8 @@ class RbdCluster:
         return ioctx
 
     def connect(self) -> None:
-        """Connect now rather than at the first open (30 ms of a first read here).
-        A failure is kept, as at an open: each image's first open then gives
+        """Connect now rather than at the first open, whose read would wait for it
+        (docs/performance.md, "Figures moved out of the code").  A failure is kept, as at an open: each image's first open then gives
         the reason and reads through the image service."""
         with self._lock:
             try:
