@@ -164,7 +164,14 @@ class Retrier(_Runner):
 
 class AsyncRetrier(_Runner):
     """``Retrier`` for trio: ``await retrier(fn)`` awaits ``fn()`` (an async
-    callable), waiting with ``trio.sleep`` on ``trio.current_time``."""
+    callable), waiting with ``trio.sleep`` on ``trio.current_time``::
+
+        retrier = AsyncRetrier(policy, deadline=flight.deadline, on_retry=count)
+        data = await retrier(lambda: trio.to_thread.run_sync(fetch, ...))
+
+    A deadline that moves with its waiters is a callable (None: give up now).
+    Cancellation passes through at once, as any error but ``BackendUnavailable``.
+    """
 
     def __init__(self, policy: RetryPolicy, *, deadline: Deadline = None,
                  on_retry: OnRetry | None = None, rng: random.Random | None = None):
