@@ -61,7 +61,7 @@ from . import metrics
 from .cache import BlockKey, TieredCache
 from .errors import BackendUnavailable, ImagefsError, RangesRefused
 from .retry import Backoff, RetryPolicy
-from .sources import Source
+from .sources import DIRECT_KINDS, GLANCE, Source
 from .streams import Stream
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,6 @@ PROGRESS_EVERY = 5.0
 WARM_RUN = 16
 #: Seconds a warm-up waits, before its next read, while a reader's fetch waits for a thread.
 WARM_YIELD = 0.002
-#: Sources whose bytes bypass the image service: a whole read of them is checked.
-DIRECT_KINDS = frozenset({"rbd", "file"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,7 +191,7 @@ class BlockReader:
         source = self._sources.get(image_id)
         if source is None or isinstance(source, trio.Event):
             return None
-        if source.kind == "glance":
+        if source.kind == GLANCE:
             return "glance-stream" if image_id in self._no_ranges else "glance-ranged"
         return source.kind
 
@@ -556,7 +554,7 @@ class BlockReader:
                    *, in_memory: bool = False) -> dict:
         """Bring the blocks of ``ranges`` (byte ranges ``(start, end)``, in the order
         given) into the cache ahead of any reader: ranged reads of up to ``WARM_RUN``
-        consecutive blocks, ``WARM_PARALLEL`` at once, each started only while no
+        consecutive blocks, half the fetch threads' worth at once, each started only while no
         reader's fetch is waiting for a thread.  Blocks cached or on their way cost
         nothing.  The blocks go to the disk tier, and with ``in_memory`` (a boot
         profile's, which a boot is about to read) to the memory tier too: a boot that

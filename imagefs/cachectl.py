@@ -10,13 +10,12 @@ asks the daemon or works on the directory itself, is ``imagefs.commands.cache``.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from .cache.inventory import CachedImage
 from .errors import ConfigError, ImageNotFound
+from .ids import is_image_id
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def image_ids(texts: list[str]) -> list[str]:
@@ -24,7 +23,7 @@ def image_ids(texts: list[str]) -> list[str]:
     ids = []
     for text in texts:
         image_id = text.strip().lower()
-        if not _UUID.fullmatch(image_id):
+        if not is_image_id(image_id):
             raise ConfigError(f"not an image id: {text!r} (a UUID, as in imagefs cache list)")
         if image_id not in ids:
             ids.append(image_id)

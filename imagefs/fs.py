@@ -28,7 +28,6 @@ import dataclasses
 import errno
 import json
 import logging
-import re
 import stat
 import time
 from datetime import datetime
@@ -41,7 +40,8 @@ from .blocks import BlockReader, ImageRef
 from .cache.keys import image_version
 from .config import MountConfig
 from .context import RequestContext
-from .errors import ImageNotFound
+from .errors import FsError, ImageNotFound
+from .ids import is_image_id
 from .names import by_name
 from .prefetch import Prefetcher
 from .profiles import GUIDED_MISS
@@ -52,17 +52,8 @@ log = logging.getLogger(__name__)
 ROOT_INODE = 1
 BY_NAME_INODE = 2
 _FIRST_IMAGE_INODE = 16
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 METADATA, DATA, BY_NAME = "metadata.json", "data", "by-name"
 _KIND_DIR, _KIND_META, _KIND_DATA, _KIND_LINK = 0, 1, 2, 3
-
-
-class FsError(Exception):
-    """An errno the filesystem answers on its own account."""
-
-    def __init__(self, errno_: int, message: str = ""):
-        super().__init__(message or errno.errorcode.get(errno_, str(errno_)))
-        self.errno = errno_
 
 
 @dataclasses.dataclass
@@ -229,7 +220,7 @@ class ImageFS:
         if parent == ROOT_INODE:
             if name == BY_NAME:
                 return self._by_name_attr()
-            if not _UUID.fullmatch(name):
+            if not is_image_id(name):
                 raise FsError(errno.ENOENT)
             await self.listing()
             if name in self._listed:

@@ -26,8 +26,8 @@ import os
 import pyfuse3
 
 from . import metrics
-from .errors import ImagefsError, ImageNoData, ImageNotAuthorized, ImageNotFound
-from .fs import Attr, FsError, ImageFS
+from .errors import FsError, ImagefsError, ImageNoData, ImageNotAuthorized, ImageNotFound
+from .fs import Attr, ImageFS
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,11 @@ def errno_for(exc: BaseException, reading: bool = False) -> int:
     return errno.EIO
 
 
-def _errno(fn):
-    reading = fn.__name__ == "read"
+def _errno(fn=None, *, reading: bool = False):
+    """Run a handler with its errors turned into errnos (``errno_for``);
+    ``@_errno(reading=True)`` for the read of an open file."""
+    if fn is None:
+        return functools.partial(_errno, reading=reading)
 
     @functools.wraps(fn)
     async def handler(self, *args):
@@ -138,7 +141,7 @@ class FuseOps(pyfuse3.Operations):
         # metadata.json: a snapshot per open, served whole (direct_io) and not kept.
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=not keep)
 
-    @_errno
+    @_errno(reading=True)
     async def read(self, fh, off, size):
         return await self.fs.read(fh, off, size)
 

@@ -34,6 +34,7 @@ from .blocks import BlockReader
 from .cache import DiskCache, MemoryCache, TieredCache
 from .cachelock import lock_cache_dir  # noqa: F401  (tests take the lock as a mount does)
 from .config import MountConfig, config_from_args  # noqa: F401  (likewise)
+from .connect import open_chooser
 from .errors import ConfigError
 from .fs import ImageFS
 from .fuse_ops import FuseOps
@@ -43,7 +44,7 @@ from .notify import notify
 from .prewarm import Warmer
 from .profiles import BootProfiles, ProfileStore
 from .progress import human
-from .sources.choose import DirectOptions, SourceChooser
+from .sources.choose import DirectOptions
 from .status import snapshot
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
         _warn_if_beyond_filesystem(config)
 
     notify(f"STATUS=mounting at {mountpoint}")
-    chooser = SourceChooser(api, ctx, direct)
+    chooser = open_chooser(api.default, ctx, direct, api.retry)
     log.log(logging.WARNING if chooser.warns() else logging.INFO, "%s", chooser.describe())
 
     async def main() -> None:

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 
 import trio
 
 from .errors import ImagefsError
+from .ids import is_image_id
 from .progress import human
 
 log = logging.getLogger(__name__)
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: Seconds between two progress lines in the mount's log.
 LOG_EVERY = 5.0
 
@@ -42,7 +41,7 @@ class Warmer:
                 return {"error": f"no prefetch job {request.get('job')!r}"}
             return job
         image_id = str(request.get("image", ""))
-        if not _UUID.fullmatch(image_id):
+        if not is_image_id(image_id):
             return {"error": f"not an image id: {image_id!r}"}
         image = (await self.fs._image(image_id)).ref
         if request.get("profile_only"):

@@ -410,11 +410,15 @@ def test_names_are_safe_file_names_and_the_newest_image_has_a_repeated_name():
     assert by_name(records) == {"x": "b", "y%2Fz": "c"}
 
 
-def test_by_name_links_point_at_the_image_directory(backend, tag, tmp_path):
+def test_by_name_links_point_at_the_image_directory(tag, tmp_path):
+    from memory_driver import MemoryDriver
+
+    driver = MemoryDriver()  # explicit created_at: which image is newer is the test's
+    api = API(driver, retry=FAST_RETRY)
     data = random_bytes(1000)
-    older = make_image(backend.api, ALICE, tag, data=b"old", name=f"../{tag}")
-    time.sleep(1.1)  # created_at has whole seconds
-    newer = make_image(backend.api, ALICE, tag, data=data, name=f"../{tag}")
+    older = make_image(api, ALICE, tag, data=b"old", name=f"../{tag}")
+    driver.now = "2026-01-01T00:00:01Z"
+    newer = make_image(api, ALICE, tag, data=data, name=f"../{tag}")
 
     async def body(fs):
         from imagefs.fs import BY_NAME, BY_NAME_INODE
@@ -431,4 +435,4 @@ def test_by_name_links_point_at_the_image_directory(backend, tag, tmp_path):
             await fs.lookup(BY_NAME_INODE, "no such name")
         return older
 
-    run_fs(backend.api, ALICE, tmp_path, body)
+    run_fs(api, ALICE, tmp_path, body)

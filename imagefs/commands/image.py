@@ -13,7 +13,6 @@ import argparse
 import heapq
 import itertools
 import logging
-import re
 import sys
 from typing import Any
 
@@ -21,9 +20,10 @@ from ..connect import (add_direct_arguments, direct_from_args, is_explicit, open
                        service_options)
 from ..drivers.local import default_store_dir
 from ..errors import ConfigError, ImagefsError, ImageNotFound, ImageProtected
+from ..ids import is_uuid_like
 from ..output import list_columns, print_record, print_records, record_columns
 from ..progress import ProgressLine, human
-from ..sources.choose import SourceChooser
+from ..records import tags_changed
 
 log = logging.getLogger("imagefs")
 
@@ -133,11 +133,8 @@ def _open(args):
     progress = None
     if args.action in ("create", "download") and sys.stderr.isatty():
         progress = ProgressLine("uploading" if args.action == "create" else "downloading")
-    api, ctx = open_api(opts, progress=progress)
-    if args.action == "download":
-        direct = direct_from_args(args)
-        if direct.schemes:
-            api.direct = SourceChooser(api, ctx, direct).open_direct
+    direct = direct_from_args(args) if args.action == "download" else None
+    api, ctx = open_api(opts, progress=progress, direct=direct)
     return api, ctx, progress
 
 
@@ -193,14 +190,10 @@ def _merged(shown, hidden, sort_key: str, sort_dir: str, limit: int | None):
     return itertools.islice(merged, limit) if limit is not None else merged
 
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
-                   r"[0-9a-fA-F]{12}")
-
-
 def _image_id(api, ctx, text: str) -> str:
     """An image UUID or URI as given; a name, for the one image that has it (as
     ``openstack image show NAME`` does)."""
-    if _UUID.fullmatch(text) or "://" in text or text.startswith("imagefs-local:"):
+    if is_uuid_like(text) or "://" in text or text.startswith("imagefs-local:"):
         return text
     ids = [r["id"] for r in api.get_all(ctx, name=text, status=None, limit=10)]
     if not ids:
@@ -242,8 +235,9 @@ def _update(api, ctx, args) -> int:
     info = _info(args)
     if not args.purge_props and not info["properties"]:
         del info["properties"]
-    print_record(api.update(ctx, args.image, info, purge_props=args.purge_props,
-                            add_tags=args.tags, remove_tags=args.remove_tags),
+    if args.tags or args.remove_tags:  # the new list; the driver changes only these tags
+        info["tags"] = tags_changed(api.get(ctx, args.image)["tags"], args.tags, args.remove_tags)
+    print_record(api.update(ctx, args.image, info, purge_props=args.purge_props),
                  args.format, args.chosen)
     return 0
 

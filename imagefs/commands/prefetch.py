@@ -16,16 +16,15 @@ boot reads.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
 from .. import control
 from ..errors import ConfigError
+from ..ids import is_image_id
 from ..progress import ProgressLine, human
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: Seconds between two polls of a job.
 POLL = 0.25
 
@@ -44,7 +43,7 @@ def add_arguments(top) -> None:
 
 def image_id(mountpoint: Path, text: str) -> str:
     """An image id, or the id a ``by-name`` link of the mount names."""
-    if _UUID.fullmatch(text):
+    if is_image_id(text):
         return text
     try:
         target = os.readlink(mountpoint / "by-name" / text)
