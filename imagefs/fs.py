@@ -46,6 +46,7 @@ from .names import by_name
 from .prefetch import Prefetcher
 from .profiles import GUIDED_MISS
 from .records import without_locations
+from .times import DataTimes
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Attr:
     mtime_ns: int
     nlink: int
     timeout: float  # how long the kernel may trust this
+    atime_ns: int | None = None  # None: mtime_ns
 
 
 def _ns(timestamp: str | None) -> int:
@@ -117,8 +119,10 @@ class _Handle:
 
 
 class ImageFS:
-    def __init__(self, api: API, ctx: RequestContext, config: MountConfig, blocks: BlockReader):
+    def __init__(self, api: API, ctx: RequestContext, config: MountConfig, blocks: BlockReader,
+                 times: DataTimes | None = None):
         self.api, self.ctx, self.config, self.blocks = api, ctx, config, blocks
+        self.times = times if times is not None else DataTimes()  # utime on data files
         self.profiles = None  # BootProfiles, when the mount records and replays them
         self.meta_limiter = trio.CapacityLimiter(4)  # listings never wait behind data fetches
         self._images: dict[str, _Image] = {}
@@ -280,9 +284,27 @@ class ImageFS:
         if kind == _KIND_LINK:
             return Attr(image.ino + 3, stat.S_IFLNK | 0o777, len(f"../{image.id}"),
                         _ns(record.get("created_at")), 1, self.config.list_ttl)
-        # An active image's bytes never change: the kernel may keep its attributes.
+        # An active image's bytes never change: the kernel may keep its attributes
+        # (a utime answers with the new ones, which the kernel takes).
+        atime = mtime = _ns(record.get("created_at"))
+        if (given := self.times.get(image.id, image.ref.version)) is not None:
+            atime, mtime = given
         return Attr(image.ino + 2, stat.S_IFREG | self.config.file_mode, record.get("size") or 0,
-                    _ns(record.get("created_at")), 1, 3600.0)
+                    mtime, 1, 3600.0, atime)
+
+    async def set_times(self, ino: int, atime_ns: int | None, mtime_ns: int | None) -> Attr:
+        """``utime`` on a ``data`` file (None: that time stays); the one change the
+        mount accepts, for Nova's image cache (``imagefs.times``).  EROFS elsewhere."""
+        if ino in (ROOT_INODE, BY_NAME_INODE):
+            raise FsError(errno.EROFS)
+        image, kind = self._split(ino)
+        if kind != _KIND_DATA:
+            raise FsError(errno.EROFS)
+        now = self._attr(image, kind)
+        await self.times.set(image.id, image.ref.version,
+                             now.atime_ns if atime_ns is None else atime_ns,
+                             now.mtime_ns if mtime_ns is None else mtime_ns)
+        return self._attr(image, kind)
 
     async def opendir(self, ino: int) -> int:
         if ino == ROOT_INODE:
