@@ -38,7 +38,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import cachectl, control, metrics
+from . import cachectl, control, metrics, nova
 from .blocks import BlockReader
 from .cache import DiskCache, MemoryCache, TieredCache
 from .cache.directory import claim
@@ -62,6 +62,7 @@ from .prewarm import Warmer
 from .progress import human
 from .profiles import BootProfiles, ProfileStore
 from .status import snapshot
+from .times import DataTimes
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ def add_arguments(top, service_options: argparse.ArgumentParser) -> None:
                         "that is not public (private, shared, community, or of unknown "
                         "visibility); public images' stay")
     add_direct_arguments(p)
+    nova.add_arguments(p)
     p.set_defaults(run=run_mount)
 
     u = top.add_parser("umount", help="unmount an imagefs mount")
@@ -232,6 +234,7 @@ def run_mount(args) -> int:
     if not is_explicit(opts):  # a forgotten openrc must not look like an empty cloud
         raise ConfigError(NO_SERVICE)
     direct = direct_from_args(args)
+    nova_base = nova.check_base_dir(args.nova_base_dir) if args.nova_base_dir else None
     api, ctx = open_api(opts, retry=config.retry)
     # Fail now, with the reason, rather than mount something that cannot list.
     next(iter(api.get_all(ctx, limit=1)), None)
@@ -243,7 +246,7 @@ def run_mount(args) -> int:
     if args.foreground:
         _write_pid(config.cache_dir)
         return serve(api, ctx, config, direct, mountpoint, None, describe(opts), args.metrics,
-                     args.purge_on_unmount)
+                     args.purge_on_unmount, nova_base)
     log_file = Path(args.log) if args.log else config.cache_dir / "imagefs.log"
     try:  # fail here, with the reason, rather than in the daemon
         os.close(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
@@ -252,7 +255,7 @@ def run_mount(args) -> int:
                           "give another with --log") from None
     return _daemonize(lambda ready: serve(api, ctx, config, direct, mountpoint, ready,
                                           describe(opts), args.metrics,
-                                          args.purge_on_unmount),
+                                          args.purge_on_unmount, nova_base),
                       config.cache_dir, log_file)
 
 
@@ -310,17 +313,21 @@ def _daemonize(run, cache_dir: Path, log_file: Path) -> int:
 
 def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path,
           ready, service: str = "", metrics_address: str | None = None,
-          purge_on_unmount: bool = False) -> int:
+          purge_on_unmount: bool = False, nova_base: Path | None = None) -> int:
     """Mount and serve until unmounted or signalled; 0 after a clean unmount.
-    ``purge_on_unmount``: then remove the blocks of every image that is not public."""
+    ``purge_on_unmount``: then remove the blocks of every image that is not public.
+    ``nova_base``: keep Nova's base links there (``imagefs.nova``)."""
     faulthandler.enable()
     # Installed here, on the handlers of either mode (foreground or daemon).
     floods = CollapseRepeats().install(logging.getLogger().handlers)
     keep_freed_memory(config.block_size, config.memory_cache)
-    options = set(pyfuse3.default_options) | {"fsname=imagefs", "subtype=imagefs", "ro"}
+    # Not "ro": the kernel would refuse utime on data files, which Nova's image cache
+    # needs (imagefs.times); every other change is refused by the daemon (EROFS).
+    options = set(pyfuse3.default_options) | {"fsname=imagefs", "subtype=imagefs"}
     if config.allow_other:
         options.add("allow_other")
     memory = MemoryCache(config.memory_cache)
+    times = DataTimes(config.cache_dir / "times")  # utime on data files, kept across mounts
     disk = DiskCache(config.cache_dir, config.cache_size, min_free=config.cache_min_free) \
         if config.cache_size > 0 else None
     if disk is not None:
@@ -337,7 +344,7 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
                                  fetch_threads=config.fetch_threads,
                                  read_deadline=config.read_deadline, retry=config.retry,
                                  nursery=nursery)
-            fs = ImageFS(api, ctx, config, blocks)
+            fs = ImageFS(api, ctx, config, blocks, times)
             profiles = BootProfiles(ProfileStore(config.profile_dir or
                                                  config.cache_dir / "profiles"),
                                     blocks, config.profile_window, nursery)
@@ -366,6 +373,9 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
             await nursery.start(control.serve, config.cache_dir, mountpoint, handle)
             try:
                 nursery.start_soon(_when_mounted, mountpoint, config, ready)
+                if nova_base is not None:
+                    nursery.start_soon(nova.keep_links, nova.BaseLinks(nova_base, mountpoint),
+                                       fs.listing)
                 # The cluster's connection, made now, is not a first read's to wait for.
                 nursery.start_soon(functools.partial(trio.to_thread.run_sync, chooser.connect,
                                                      abandon_on_cancel=True))
