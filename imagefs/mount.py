@@ -234,7 +234,8 @@ def run_mount(args) -> int:
     if not is_explicit(opts):  # a forgotten openrc must not look like an empty cloud
         raise ConfigError(NO_SERVICE)
     direct = direct_from_args(args)
-    nova_base = nova.check_base_dir(args.nova_base_dir) if args.nova_base_dir else None
+    nova_base = nova.check_base_dir(args.nova_base_dir, args.allow_other) \
+        if args.nova_base_dir else None
     api, ctx = open_api(opts, retry=config.retry)
     # Fail now, with the reason, rather than mount something that cannot list.
     next(iter(api.get_all(ctx, limit=1)), None)

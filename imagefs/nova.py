@@ -67,16 +67,20 @@ def base_name(image_id: str) -> str:
     return hashlib.sha1(image_id.encode("utf-8")).hexdigest()
 
 
-def check_base_dir(path: str) -> Path:
+def check_base_dir(path: str, allow_other: bool) -> Path:
     """The directory of ``--nova-base-dir``, absolute; ConfigError unless it is an
     existing directory this process may write (it is Nova's: not created here, so
-    that its owner stays Nova's user)."""
+    that its owner stays Nova's user).  Without ``allow_other`` a warning: only
+    the mount's user may then read through the links, not libvirt, qemu or Nova."""
     base = Path(path).absolute()
     if not base.is_dir():
         raise ConfigError(f"--nova-base-dir {base}: no such directory (create it as Nova's "
                           "user: <instances_path>/_base)")
     if not os.access(base, os.W_OK | os.X_OK):
         raise ConfigError(f"--nova-base-dir {base}: not writable by this user")
+    if not allow_other:
+        log.warning("--nova-base-dir without --allow-other: libvirt, qemu and Nova cannot "
+                    "read through the links unless they run as this mount's user")
     return base
 
 

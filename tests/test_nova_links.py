@@ -21,7 +21,8 @@ from test_mount import Mount, imagefs
 
 from imagefs.api import API
 from imagefs.drivers.glance import GlanceDriver
-from imagefs.nova import BaseLinks, base_name, keep_links
+from imagefs.errors import ConfigError
+from imagefs.nova import BaseLinks, base_name, check_base_dir, keep_links
 
 A = "11111111-2222-4333-8444-555555555555"
 B = "66666666-7777-4888-9999-aaaaaaaaaaaa"
@@ -106,6 +107,16 @@ def test_a_missing_base_dir_is_refused_in_one_line(glance_clean, tmp_path):
     assert out.returncode == 2
     assert "--nova-base-dir" in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_base_dir_checks(tmp_path, caplog):
+    assert check_base_dir(str(tmp_path), allow_other=True) == tmp_path
+    assert "allow-other" not in caplog.text
+    check_base_dir(str(tmp_path), allow_other=False)
+    assert "--nova-base-dir without --allow-other" in caplog.text
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="no such directory"):
+        check_base_dir(str(tmp_path / "file"), allow_other=True)
 
 
 def _wait(predicate, timeout=15.0):
