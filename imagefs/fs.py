@@ -43,9 +43,10 @@ from .context import RequestContext
 from .errors import FsError, ImageNotFound
 from .ids import is_image_id
 from .names import by_name
-from .prefetch import Prefetcher
+from .prefetch import Prefetcher, direct_prefetcher
 from .profiles import GUIDED_MISS
 from .records import without_locations
+from .times import DataTimes
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Attr:
     mtime_ns: int
     nlink: int
     timeout: float  # how long the kernel may trust this
+    atime_ns: int | None = None  # None: mtime_ns
 
 
 def _ns(timestamp: str | None) -> int:
@@ -108,12 +110,14 @@ class _Handle:
 
 
 class ImageFS:
-    def __init__(self, api: API, ctx: RequestContext, config: MountConfig, blocks: BlockReader):
+    def __init__(self, api: API, ctx: RequestContext, config: MountConfig, blocks: BlockReader,
+                 times: DataTimes | None = None):
         self.api, self.ctx, self.config, self.blocks = api, ctx, config, blocks
+        self.times = times if times is not None else DataTimes()  # utime on data files
         self.profiles = None  # BootProfiles, when the mount records and replays them
         self.meta_limiter = trio.CapacityLimiter(4)  # listings never wait behind data fetches
         self._images: dict[str, _Image] = {}
-        self._prefetchers: dict[tuple[str, str], list] = {}  # (id, version) -> [it, opens]
+        self._prefetchers: dict[tuple, list] = {}  # (id, version, paged) -> [it, opens]
         # The readahead window; a window over half the memory tier would evict its own
         # blocks before they are read (0: no readahead).
         self._window = min(config.max_readahead, config.memory_cache // 2)
@@ -130,7 +134,8 @@ class ImageFS:
         self._dirs: dict[int, tuple[int, list[str]]] = {}  # fh -> (inode, names)
         self.mounted_at_ns = time.time_ns()
         self.api_calls = {"list": 0, "get": 0}
-        self.reads = {"requests": 0, "bytes": 0}
+        # "seconds": what reads spent waiting for their bytes (a boot's stalls)
+        self.reads = {"requests": 0, "bytes": 0, "seconds": 0.0}
 
     @property
     def image_count(self) -> int:
@@ -271,9 +276,27 @@ class ImageFS:
         if kind == _KIND_LINK:
             return Attr(image.ino + 3, stat.S_IFLNK | 0o777, len(f"../{image.id}"),
                         _ns(record.get("created_at")), 1, self.config.list_ttl)
-        # An active image's bytes never change: the kernel may keep its attributes.
+        # An active image's bytes never change: the kernel may keep its attributes
+        # (a utime answers with the new ones, which the kernel takes).
+        atime = mtime = _ns(record.get("created_at"))
+        if (given := self.times.get(image.id, image.ref.version)) is not None:
+            atime, mtime = given
         return Attr(image.ino + 2, stat.S_IFREG | self.config.file_mode, record.get("size") or 0,
-                    _ns(record.get("created_at")), 1, 3600.0)
+                    mtime, 1, 3600.0, atime)
+
+    async def set_times(self, ino: int, atime_ns: int | None, mtime_ns: int | None) -> Attr:
+        """``utime`` on a ``data`` file (None: that time stays); the one change the
+        mount accepts, for Nova's image cache (``imagefs.times``).  EROFS elsewhere."""
+        if ino in (ROOT_INODE, BY_NAME_INODE):
+            raise FsError(errno.EROFS)
+        image, kind = self._split(ino)
+        if kind != _KIND_DATA:
+            raise FsError(errno.EROFS)
+        now = self._attr(image, kind)
+        await self.times.set(image.id, image.ref.version,
+                             now.atime_ns if atime_ns is None else atime_ns,
+                             now.mtime_ns if mtime_ns is None else mtime_ns)
+        return self._attr(image, kind)
 
     async def opendir(self, ino: int) -> int:
         if ino == ROOT_INODE:
@@ -342,7 +365,8 @@ class ImageFS:
             self._handles[fh] = _Handle(image.ref, content=metadata_bytes(image.record))
             return fh, False
         ref = image.ref
-        self._handles[fh] = _Handle(ref, self._prefetcher(ref, +1), paged=not direct)
+        self._handles[fh] = _Handle(ref, self._prefetcher(ref, +1, not direct),
+                                    paged=not direct)
         self.blocks.describe(ref, image.record)
         self.blocks.hold(ref)  # released by release(): an image in use keeps its blocks
         if self.profiles is not None:
@@ -362,7 +386,9 @@ class ImageFS:
             start, end = handle.prefetcher.on_read(offset, size)
             if end > start:
                 self.blocks.prefetch(handle.image, start, end, cached_only=guided)
+        started = trio.current_time()
         data = await self.blocks.read(handle.image, offset, size, paged=handle.paged)
+        self.reads["seconds"] += trio.current_time() - started
         self.reads["requests"] += 1
         self.reads["bytes"] += len(data)
         return data
@@ -377,20 +403,23 @@ class ImageFS:
             handle.missed += size
         return handle.missed < GUIDED_MISS
 
-    def _prefetcher(self, ref: ImageRef, opened: int) -> Prefetcher | None:
+    def _prefetcher(self, ref: ImageRef, opened: int, paged: bool = True) -> Prefetcher | None:
         """The readahead of the image's open ``data`` files, one for all of them
         (``opened``: +1 at an open, -1 at a release).  Several readers of one image
         share its pages in the kernel, and the reads that reach the mount from each
         of them have holes where another's readahead read first: four ``dd``s of
         one cold image, each followed alone, looked random (a ranged read per
-        block, 10-14x one reader's time)."""
+        block, 10-14x one reader's time).  Readers that bypass the page cache
+        (``paged`` False: O_DIRECT) share one of their own, which stands in for
+        the kernel's readahead (``direct_prefetcher``)."""
         if not self._window:
             return None
-        key = (ref.id, ref.version)
+        key = (ref.id, ref.version, paged)
         entry = self._prefetchers.get(key)
         if entry is None:
-            entry = self._prefetchers[key] = [Prefetcher(self.config.block_size, self._window),
-                                              0]
+            made = Prefetcher(self.config.block_size, self._window) if paged else \
+                direct_prefetcher(self.config.block_size, self.config.read_ahead_kb << 10)
+            entry = self._prefetchers[key] = [made, 0]
         entry[1] += opened
         if entry[1] <= 0:
             del self._prefetchers[key]
@@ -400,4 +429,4 @@ class ImageFS:
         handle = self._handles.pop(fh, None)
         if handle is not None and handle.content is None:  # a data file's
             self.blocks.unhold(handle.image)
-            self._prefetcher(handle.image, -1)
+            self._prefetcher(handle.image, -1, handle.paged)

@@ -13,7 +13,9 @@ any other ``ImagefsError`` EIO (unreachable service, bad bytes ...)
 anything else              EIO, logged with its traceback
 =========================  ==========================================
 
-The filesystem is read-only: every call that would change it answers EROFS.
+The filesystem is read-only: every call that would change it answers EROFS,
+except ``setattr`` of a ``data`` file's times alone (``utime``, which Nova's
+image cache needs; ``imagefs.times``).
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ class FuseOps(pyfuse3.Operations):
         entry.st_size = attr.size
         entry.st_blksize = 1 << 20
         entry.st_blocks = (attr.size + 511) // 512
-        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = attr.mtime_ns
+        entry.st_mtime_ns = entry.st_ctime_ns = attr.mtime_ns
+        entry.st_atime_ns = attr.mtime_ns if attr.atime_ns is None else attr.atime_ns
         return entry
 
     @_errno
@@ -159,6 +162,17 @@ class FuseOps(pyfuse3.Operations):
         st.f_namemax = 255
         return st
 
+    @_errno
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        """Times on a ``data`` file may be set (``utime``, for Nova's image cache);
+        any other change (size, mode, owner) is refused."""
+        if fields.update_size or fields.update_mode or fields.update_uid or fields.update_gid \
+                or not (fields.update_atime or fields.update_mtime):
+            raise FsError(errno.EROFS)
+        return self._entry(await self.fs.set_times(
+            inode, attr.st_atime_ns if fields.update_atime else None,
+            attr.st_mtime_ns if fields.update_mtime else None))
+
     async def fsync(self, fh, datasync):
         pass  # nothing is ever written
 
@@ -170,7 +184,7 @@ class FuseOps(pyfuse3.Operations):
     async def listxattr(self, inode, ctx):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
-    for _name in ("setattr", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link",
+    for _name in ("mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link",
                   "write", "create", "setxattr", "removexattr"):
         locals()[_name] = _read_only(_name)
     del _name

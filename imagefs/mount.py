@@ -29,7 +29,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import cachectl, control, metrics
+from . import cachectl, control, metrics, nova
 from .blocks import BlockReader
 from .cache import DiskCache, MemoryCache, TieredCache
 from .cachelock import lock_cache_dir  # noqa: F401  (tests take the lock as a mount does)
@@ -46,6 +46,7 @@ from .profiles import BootProfiles, ProfileStore
 from .progress import human
 from .sources.choose import DirectOptions
 from .status import snapshot
+from .times import DataTimes
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +67,21 @@ def _unwrap(group: BaseExceptionGroup) -> BaseException:
 
 def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path,
           ready, service: str = "", metrics_address: str | None = None,
-          purge_on_unmount: bool = False) -> int:
+          purge_on_unmount: bool = False, nova_base: Path | None = None) -> int:
     """Mount and serve until unmounted or signalled; 0 after a clean unmount.
-    ``purge_on_unmount``: then remove the blocks of every image that is not public."""
+    ``purge_on_unmount``: then remove the blocks of every image that is not public.
+    ``nova_base``: keep Nova's base links there (``imagefs.nova``)."""
     faulthandler.enable()
     # Installed here, on the handlers of either mode (foreground or daemon).
     floods = CollapseRepeats().install(logging.getLogger().handlers)
     keep_freed_memory(config.block_size, config.memory_cache)
-    options = set(pyfuse3.default_options) | {"fsname=imagefs", "subtype=imagefs", "ro"}
+    # Not "ro": the kernel would refuse utime on data files, which Nova's image cache
+    # needs (imagefs.times); every other change is refused by the daemon (EROFS).
+    options = set(pyfuse3.default_options) | {"fsname=imagefs", "subtype=imagefs"}
     if config.allow_other:
         options.add("allow_other")
     memory = MemoryCache(config.memory_cache)
+    times = DataTimes(config.cache_dir / "times")  # utime on data files, kept across mounts
     disk = DiskCache(config.cache_dir, config.cache_size, min_free=config.cache_min_free) \
         if config.cache_size > 0 else None
     if disk is not None:
@@ -93,7 +98,7 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
                                  fetch_threads=config.fetch_threads,
                                  read_deadline=config.read_deadline, retry=config.retry,
                                  nursery=nursery)
-            fs = ImageFS(api, ctx, config, blocks)
+            fs = ImageFS(api, ctx, config, blocks, times)
             profiles = BootProfiles(ProfileStore(config.profile_dir or
                                                  config.cache_dir / "profiles"),
                                     blocks, config.profile_window, nursery)
@@ -122,6 +127,9 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
             await nursery.start(control.serve, config.cache_dir, mountpoint, handle)
             try:
                 nursery.start_soon(_when_mounted, mountpoint, config, ready)
+                if nova_base is not None:
+                    nursery.start_soon(nova.keep_links, nova.BaseLinks(nova_base, mountpoint),
+                                       fs.listing)
                 # The cluster's connection, made now, is not a first read's to wait for.
                 nursery.start_soon(functools.partial(trio.to_thread.run_sync, chooser.connect,
                                                      abandon_on_cancel=True))

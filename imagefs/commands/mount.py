@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from .. import metrics
+from .. import metrics, nova
 from ..cachelock import lock_cache_dir, write_pid
 from ..config import (MountConfig, config_from_args, default_cache_dir, format_mode,
                       format_size)
@@ -98,6 +98,7 @@ def add_arguments(top, svc: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "that is not public (private, shared, community, or of unknown "
                         "visibility); public images' stay")
     add_direct_arguments(p)
+    nova.add_arguments(p)
     p.set_defaults(run=run)
 
     u = top.add_parser("umount", help="unmount an imagefs mount")
@@ -126,6 +127,8 @@ def run(args) -> int:
     if not is_explicit(opts):  # a forgotten openrc must not look like an empty cloud
         raise ConfigError(NO_SERVICE)
     direct = direct_from_args(args)
+    nova_base = nova.check_base_dir(args.nova_base_dir, args.allow_other) \
+        if args.nova_base_dir else None
     api, ctx = open_api(opts, retry=config.retry)
     # Fail now, with the reason, rather than mount something that cannot list.
     next(iter(api.get_all(ctx, limit=1)), None)
@@ -137,7 +140,7 @@ def run(args) -> int:
     def run_serve(ready) -> int:
         write_pid(config.cache_dir)
         return serve(api, ctx, config, direct, mountpoint, ready, describe(opts), args.metrics,
-                     args.purge_on_unmount)
+                     args.purge_on_unmount, nova_base)
     if args.foreground:
         return run_serve(None)
     log_file = Path(args.log) if args.log else config.cache_dir / "imagefs.log"
