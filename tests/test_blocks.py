@@ -328,24 +328,6 @@ def test_direct_bytes_that_fail_the_image_hash_are_dropped_and_read_through_the_
     assert "DO NOT MATCH" in caplog.text
 
 
-def test_a_long_stream_logs_its_progress_now_and_then(monkeypatch, caplog):
-    import logging
-
-    from imagefs import blocks as blocks_module
-    monkeypatch.setattr(blocks_module, "PROGRESS_EVERY", 0.0)  # a line per block, here
-    data = data_of(40 * BS)
-    source = FakeSource(data)
-
-    async def body(reader, image):
-        reader.prefetch(image, 0, len(data))
-        assert await reader.read(image, len(data) - 1, 1) == data[-1:]
-
-    with caplog.at_level(logging.INFO, logger="imagefs.blocks"):
-        run(source, body)
-    lines = [r.getMessage() for r in caplog.records if "streaming, at" in r.getMessage()]
-    assert lines and lines[-1].startswith("image img: streaming, at 2 of 2 MiB")
-
-
 @pytest.mark.parametrize("when", ["caught-up", "at-close"])
 def test_streamed_blocks_a_slow_cache_disk_had_no_room_for_reach_it_from_memory(
         tmp_path, monkeypatch, when):
