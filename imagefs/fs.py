@@ -397,9 +397,9 @@ class ImageFS:
         """The readahead of the image's open ``data`` files, one for all of them
         (``opened``: +1 at an open, -1 at a release).  Several readers of one image
         share its pages in the kernel, and the reads that reach the mount from each
-        of them have holes where another's readahead read first: four ``dd``s of
-        one cold image, each followed alone, looked random (a ranged read per
-        block, 10-14x one reader's time)."""
+        of them have holes where another's readahead read first: several ``dd``s
+        of one cold image, each followed alone, looked random (a ranged read per
+        block)."""
         if not self._window:
             return None
         key = (ref.id, ref.version)

@@ -13,25 +13,26 @@ Two kinds:
   its ``limit``, which the reader's prefetcher raises as it advances.  Each
   request is a closed range, never an open-ended body.  Where a request
   costs the service much more than its bytes (``sources.COSTLY_REQUESTS``:
-  Glance spends about 10 ms of CPU on each, authentication, database and
-  policy, whatever its size), a stream's request asks for more than its
+  Glance runs authentication, database and policy for each, whatever its
+  size), a stream's request asks for more than its
   room (``[position, limit)``), and reads the response only as far as
   ``limit``: at most twice the span of the request before, and past its
   room at most its room again, or, once it has delivered ``BULK`` bytes,
-  as much as it has delivered.  A cold 1 GiB read took 99 requests when
-  each ended at the limit, and takes about 40 so.  At the limit, the pump
+  as much as it has delivered: a cold whole read so takes a few times
+  fewer requests than if each ended at the limit.  At the limit, the pump
   waits for room with the response open, up to ``STREAM_HOLD`` seconds,
   while TCP holds the service back: a stream abandoned there costs what
-  the socket buffers took beyond the limit (3-6 MiB on loopback), not the
-  rest of its range.  Other sources' requests end at the limit.  With no
+  the socket buffers took beyond the limit, not the rest of its range.  Other sources' requests end at the limit.  With no
   room and no response open the pump waits; after ``STREAM_IDLE`` seconds
   of that it ends.
 - **from the start** (the store refuses ranges): one request from byte 0,
   skipped to ``position`` if it resumes, read to the image's end.
 
 Shared with the trio thread: ``limit`` and ``closed``, under ``cond``.
-``position`` is written by the trio thread as blocks are delivered, and
-read there only.  Errors from the source propagate out of ``pump``; the
+``position`` is written by the trio thread as blocks are delivered
+(``delivered``), and read there only; so are ``waiting`` and ``source``,
+through ``attach``, ``detach``, ``take_waiting`` and ``use``.  ``StreamSet``
+(below) runs an image's streams for the data path.  Errors from the source propagate out of ``pump``; the
 caller decides whether to resume.
 """
 
@@ -67,8 +68,7 @@ STREAM_IDLE = 20.0
 #: Seconds a stream at its limit keeps its response open for more room.
 STREAM_HOLD = 2.0
 #: Bytes a stream delivers before it asks a costly source for as much again past its
-#: room (before, at most its room again): longer than the runs of a boot (34.6 MB was
-#: the test guest's longest; at 32 MiB its boot cost 5-7 MB more).
+#: room (before, at most its room again): longer than the longest run a boot reads.
 BULK = 64 << 20
 
 
