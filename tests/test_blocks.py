@@ -157,6 +157,24 @@ def test_the_kernels_immediate_reread_of_a_failed_block_fails_at_once():
     assert took <= DEADLINE + 0.5
 
 
+def test_without_the_grace_a_reread_of_a_failed_block_fetches_it_again():
+    # An O_DIRECT reader's re-read is the application's, not the kernel's: once the
+    # service is back it gets its bytes, though the block failed a moment ago.
+    data = data_of(4 * BS)
+    source = FakeSource(data)
+    source.stall()
+
+    async def body(reader, image):
+        with pytest.raises(BackendUnavailable):
+            await reader.read(image, 0, 10, grace=False)
+        source.release()
+        start = trio.current_time()
+        assert await reader.read(image, 0, 10, grace=False) == data[:10]
+        return trio.current_time() - start
+
+    assert run(source, body) < FAILURE_GRACE
+
+
 def test_a_reader_with_time_left_fetches_again_when_an_earlier_readers_fetch_fails():
     data = data_of(4 * BS)
     source = FakeSource(data)
