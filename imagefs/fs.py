@@ -111,6 +111,15 @@ class _Handle:
     missed: int = 0                # bytes read that a guiding boot profile did not bring
     paged: bool = True             # the kernel keeps what it reads in its page cache
 
+    def guided(self, size: int, cached: bool) -> bool:
+        """Whether the image's boot profile, while it is replayed, stands in for the
+        mount's readahead for a read of ``size`` bytes (``cached``: its blocks were
+        all cached or coming): until the reader has missed ``GUIDED_MISS`` bytes
+        that it did not bring (then it reads something else)."""
+        if not cached:
+            self.missed += size
+        return self.missed < GUIDED_MISS
+
 
 class ImageFS:
     def __init__(self, api: API, ctx: RequestContext, config: MountConfig, blocks: BlockReader):
@@ -372,7 +381,7 @@ class ImageFS:
         if self.profiles is not None:
             self.profiles.on_read(handle.image, offset, size)
             if self.profiles.guides(handle.image):
-                guided = functools.partial(self._guided, handle, size)
+                guided = functools.partial(handle.guided, size)
         ahead = handle.prefetcher.on_read(offset, size) if handle.prefetcher is not None \
             else None
         # The failure grace answers the kernel's immediate re-read of a failed page,
@@ -382,16 +391,6 @@ class ImageFS:
         self.reads["requests"] += 1
         self.reads["bytes"] += len(data)
         return data
-
-    @staticmethod
-    def _guided(handle: _Handle, size: int, cached: bool) -> bool:
-        """Whether the image's boot profile, while it is replayed, stands in for the
-        mount's readahead for this read (``cached``: its blocks were all cached or
-        coming): until the reader has missed ``GUIDED_MISS`` bytes that it did not
-        bring (then it reads something else)."""
-        if not cached:
-            handle.missed += size
-        return handle.missed < GUIDED_MISS
 
     def _prefetcher(self, ref: ImageRef, opened: int) -> Prefetcher | None:
         """The readahead of the image's open ``data`` files, one for all of them
