@@ -146,7 +146,7 @@ class BlockReader:
         Raises ``BackendUnavailable`` if the blocks do not come within
         ``read_deadline`` seconds, or the error that ended their fetch.
         """
-        image = self.images(ref)
+        image = self.images.of(ref)
         end = min(offset + size, ref.size)
         if offset >= end:
             return b""
@@ -272,7 +272,7 @@ class BlockReader:
         """Bring ``[start, end)`` in ahead of a sequential reader: disk runs loaded,
         and one stream (one that is there or nearly there goes further); with
         ``cached_only``, only the disk runs."""
-        image = self.images(ref)
+        image = self.images.of(ref)
         blocks = image.indexes(start, end)
         first, limit = blocks.start, blocks.stop
         while first < limit:
@@ -298,4 +298,4 @@ class BlockReader:
                    *, in_memory: bool = False) -> dict:
         """Bring the blocks of byte ``ranges`` into the cache ahead of any reader
         (``Runs.warm``); the figures of the warm-up."""
-        return await self.runs.warm(self.images(ref), ranges, progress, in_memory)
+        return await self.runs.warm(self.images.of(ref), ranges, progress, in_memory)

@@ -7,9 +7,9 @@ whole read from a direct source is checked with.
 ``ImageState`` is the mount's per-image state on the data path: the image's
 source (opened once), its streams, whether its store refuses ranges, whether
 its direct bytes failed their hash, the bytes fetched for it, and the number
-of open ``data`` files.  ``Images`` makes one per image on first use and
-drops it when the image is gone (``forget``): at once if nothing of it is in
-use, else when its last ``data`` file is closed.
+of open ``data`` files.  ``Images`` makes one per image on first use
+(``of``) and drops it when the image is gone (``forget``): at once if
+nothing of it is in use, else once nothing is.
 
 Everything here runs on the trio thread, except ``open_source`` (a worker
 thread) and the verifying source's callback (see ``sources.verify``).
@@ -158,7 +158,7 @@ class Images:
         self._images: dict[str, ImageState] = {}
         self._token = trio.lowlevel.current_trio_token()
 
-    def __call__(self, ref: ImageRef) -> ImageState:
+    def of(self, ref: ImageRef) -> ImageState:
         """The image's state, made on first use."""
         state = self._images.get(ref.id)
         if state is None:
@@ -211,12 +211,12 @@ class Images:
     def hold(self, ref: ImageRef) -> None:
         """A ``data`` file of the image is open: the disk tier keeps its blocks while it
         can evict others (one ``unhold`` per ``hold``)."""
-        state = self(ref)
+        state = self.of(ref)
         state.holds += 1
         self.cache.hold(state.key(0))
 
     def unhold(self, ref: ImageRef) -> None:
-        state = self(ref)
+        state = self.of(ref)
         state.holds -= 1
         self.cache.unhold(state.key(0))
         if state.gone:
@@ -224,7 +224,9 @@ class Images:
 
     def forget(self, image_id: str) -> None:
         """The image is gone from the service (deleted, or no longer visible): its
-        state is dropped now if nothing of it is in use, else when it no longer is."""
+        state is dropped now if nothing of it is in use (no open ``data`` file, no
+        stream, no block on its way), else at the release of its last ``data``
+        file or at the next ``forget``."""
         state = self._images.get(image_id)
         if state is None:
             return

@@ -48,8 +48,8 @@ def run(body, open_source=None):
 
 def test_one_state_per_image_with_its_block_arithmetic():
     async def body(images, flights):
-        state = images(REF)
-        assert images(ImageRef("img", "v1", REF.size)) is state and images.get("img") is state
+        state = images.of(REF)
+        assert images.of(ImageRef("img", "v1", REF.size)) is state and images.get("img") is state
         assert state.blocks == 11 and state.block_length(10) == 1 and state.block_length(11) == 0
         assert state.indexes(BS - 1, 2 * BS + 1) == range(0, 3)
         assert state.indexes(REF.size, REF.size + 5) == range(0)
@@ -60,7 +60,7 @@ def test_one_state_per_image_with_its_block_arithmetic():
 
 def test_the_source_is_opened_once_for_concurrent_readers():
     async def body(images, flights):
-        state = images(REF)
+        state = images.of(REF)
         assert state.path() is None  # before its first fetch
         got = []
         async with trio.open_nursery() as nursery:
@@ -79,14 +79,14 @@ async def _append(got, fn):
 
 def test_a_gone_image_is_dropped_when_idle_and_its_flags_go_with_it():
     async def body(images, flights):
-        state = images(REF)
+        state = images.of(REF)
         await state.source()
         state.refuse_ranges()
         state.distrusted = True
         state.count(b"x" * 100)
         images.forget("img")
         assert images.get("img") is None
-        fresh = images(REF)
+        fresh = images.of(REF)
         return fresh.no_ranges, fresh.distrusted, fresh.fetched
 
     assert run(body)[0] == (False, False, 0)
@@ -109,7 +109,7 @@ def test_a_gone_image_in_use_is_dropped_at_its_last_release():
 
 def test_a_gone_image_with_a_block_on_its_way_is_kept():
     async def body(images, flights):
-        state = images(REF)
+        state = images.of(REF)
         flight = flights.new(state.key(0), deadline=5)
         images.forget("img")
         assert images.get("img") is state
