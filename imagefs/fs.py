@@ -41,8 +41,8 @@ from .blocks import BlockReader
 from .config import MountConfig
 from .context import RequestContext
 from .errors import ImageNotFound
-from .image import ImageRef
 from .ids import is_image_id
+from .image import ImageRef
 from .names import by_name
 from .prefetch import Prefetcher
 from .profiles import GUIDED_MISS
