@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import logging
 import stat
@@ -36,12 +37,12 @@ from typing import Any
 import trio
 
 from .api import API
-from .blocks import BlockReader, ImageRef
-from .cache.keys import image_version
+from .blocks import BlockReader
 from .config import MountConfig
 from .context import RequestContext
 from .errors import FsError, ImageNotFound
 from .ids import is_image_id
+from .image import ImageRef
 from .names import by_name
 from .prefetch import Prefetcher, direct_prefetcher
 from .profiles import GUIDED_MISS
@@ -93,11 +94,7 @@ class _Image:
 
     @property
     def ref(self) -> ImageRef:
-        record = self.record
-        algo, value = record.get("os_hash_algo"), record.get("os_hash_value")
-        if not (algo and value):
-            algo, value = ("md5", record["checksum"]) if record.get("checksum") else (None, None)
-        return ImageRef(self.id, image_version(record), record.get("size") or 0, algo, value)
+        return ImageRef.of(self.record)
 
 
 @dataclasses.dataclass
@@ -107,6 +104,15 @@ class _Handle:
     content: bytes | None = None   # metadata.json as it was at open
     missed: int = 0                # bytes read that a guiding boot profile did not bring
     paged: bool = True             # the kernel keeps what it reads in its page cache
+
+    def guided(self, size: int, cached: bool) -> bool:
+        """Whether the image's boot profile, while it is replayed, stands in for the
+        mount's readahead for a read of ``size`` bytes (``cached``: its blocks were
+        all cached or coming): until the reader has missed ``GUIDED_MISS`` bytes
+        that it did not bring (then it reads something else)."""
+        if not cached:
+            self.missed += size
+        return self.missed < GUIDED_MISS
 
 
 class ImageFS:
@@ -176,11 +182,18 @@ class ImageFS:
                 log.warning("cannot refresh the image listing (%s); serving the one from "
                             "%.0fs ago", exc, trio.current_time() - self._listed_at)
                 return self._listing
+            listed = self._listed
             self._listing = sorted(self._remember(r).id for r in records)
             self._listed = set(self._listing)
+            for image_id in listed - self._listed:  # gone, or no longer visible
+                self.blocks.forget(image_id)
             self._names = by_name(records)
             self._listed_at = trio.current_time()
             return self._listing
+
+    async def image_ref(self, image_id: str) -> ImageRef:
+        """What the data path needs of an active image (ImageNotFound if it is not)."""
+        return (await self._image(image_id)).ref
 
     async def _image(self, image_id: str) -> _Image:
         """The image, its record no older than record_ttl; ImageNotFound if gone."""
@@ -197,6 +210,7 @@ class ImageFS:
             if record["status"] != "active":
                 raise ImageNotFound(f"image {image_id} is {record['status']}")
         except ImageNotFound:
+            self.blocks.forget(image_id)
             if image_id in self._listed:
                 self._listed.discard(image_id)
                 self._listing.remove(image_id)
@@ -379,39 +393,32 @@ class ImageFS:
             raise FsError(errno.EBADF)
         if handle.content is not None:
             return handle.content[offset:offset + size]
+        guided = None
         if self.profiles is not None:
             self.profiles.on_read(handle.image, offset, size)
-        guided = self._guided(handle, offset, size)  # (counts every read's misses)
-        if handle.prefetcher is not None:
-            start, end = handle.prefetcher.on_read(offset, size)
-            if end > start:
-                self.blocks.prefetch(handle.image, start, end, cached_only=guided)
+            if self.profiles.guides(handle.image):
+                guided = functools.partial(handle.guided, size)
+        ahead = handle.prefetcher.on_read(offset, size) if handle.prefetcher is not None \
+            else None
+        # The failure grace answers the kernel's immediate re-read of a failed page,
+        # which only a page-cached file gets: an O_DIRECT reader always tries anew.
         started = trio.current_time()
-        data = await self.blocks.read(handle.image, offset, size, paged=handle.paged)
+        data = await self.blocks.read(handle.image, offset, size, paged=handle.paged,
+                                      grace=handle.paged, ahead=ahead, guided=guided)
         self.reads["seconds"] += trio.current_time() - started
         self.reads["requests"] += 1
         self.reads["bytes"] += len(data)
         return data
 
-    def _guided(self, handle: _Handle, offset: int, size: int) -> bool:
-        """Whether the image's boot profile stands in for the mount's readahead for
-        this read: while it is replayed, and until the reader has missed
-        ``GUIDED_MISS`` bytes that it did not bring (then it reads something else)."""
-        if self.profiles is None or not self.profiles.guides(handle.image):
-            return False
-        if not self.blocks.is_cached(handle.image, offset, size):
-            handle.missed += size
-        return handle.missed < GUIDED_MISS
-
     def _prefetcher(self, ref: ImageRef, opened: int, paged: bool = True) -> Prefetcher | None:
         """The readahead of the image's open ``data`` files, one for all of them
         (``opened``: +1 at an open, -1 at a release).  Several readers of one image
         share its pages in the kernel, and the reads that reach the mount from each
-        of them have holes where another's readahead read first: four ``dd``s of
-        one cold image, each followed alone, looked random (a ranged read per
-        block, 10-14x one reader's time).  Readers that bypass the page cache
-        (``paged`` False: O_DIRECT) share one of their own, which stands in for
-        the kernel's readahead (``direct_prefetcher``)."""
+        of them have holes where another's readahead read first: several ``dd``s
+        of one cold image, each followed alone, looked random (a ranged read per
+        block).  Readers that bypass the page cache (``paged`` False: O_DIRECT)
+        share one of their own, which stands in for the kernel's readahead
+        (``direct_prefetcher``)."""
         if not self._window:
             return None
         key = (ref.id, ref.version, paged)

@@ -43,7 +43,7 @@ class Warmer:
         image_id = str(request.get("image", ""))
         if not is_image_id(image_id):
             return {"error": f"not an image id: {image_id!r}"}
-        image = (await self.fs._image(image_id)).ref
+        image = await self.fs.image_ref(image_id)
         if request.get("profile_only"):
             profile = await trio.to_thread.run_sync(self.profiles.store.load, image.id,
                                                     image.version)

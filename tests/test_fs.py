@@ -285,6 +285,36 @@ def test_outage_gives_an_error_within_the_deadline_then_recovers(glance_clean, t
     print(f"outage to error: {took:.2f}s")
 
 
+def test_an_o_direct_reread_right_after_an_outage_gets_its_bytes(glance_clean, tag, tmp_path):
+    """The failure grace answers only the kernel's immediate re-read of a failed
+    buffered page: a file opened O_DIRECT gets no such re-read, so its reader's
+    next read, once the service is back, is fetched rather than failed."""
+    api, data, image = glance_image(glance_clean, tag, 64 * KiB * 4, timeout=2)
+    block = 64 * KiB
+
+    async def body(fs):
+        d = await fs.lookup(ROOT_INODE, image["id"])
+        ino = (await fs.lookup(d.ino, DATA)).ino
+        direct, _ = await fs.open(ino, False, direct=True)
+        paged, _ = await fs.open(ino, False)
+        glance_clean.faults(down=True)
+
+        async def fails(fh, offset):
+            with pytest.raises(errors.BackendUnavailable):
+                await fs.read(fh, offset, 100)
+        async with trio.open_nursery() as nursery:  # both fail at the same moment
+            nursery.start_soon(fails, direct, 3 * block)
+            nursery.start_soon(fails, paged, 2 * block)
+        glance_clean.faults()
+        failed = trio.current_time()
+        assert await fs.read(direct, 3 * block, 100) == data[3 * block:][:100]
+        with pytest.raises(errors.BackendUnavailable):  # the kernel's re-read: at once
+            await fs.read(paged, 2 * block + 4096, 100)
+        assert trio.current_time() - failed < FAILURE_GRACE  # both within the grace
+
+    run_fs(api, ALICE, tmp_path, body, read_deadline=1.0, max_readahead=0)
+
+
 def test_deleted_image_disappears_and_uncached_reads_fail(backend, tag, tmp_path):
     data = random_bytes(64 * KiB * 4)
     image = make_image(backend.api, ALICE, tag, data=data)
