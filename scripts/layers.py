@@ -13,6 +13,9 @@ lazy import is a dependency too), and prints:
 - each cycle (a strongly connected set of modules), between modules and
   between packages (``sources`` and everything in it counted as one).
 
+Imports under ``if TYPE_CHECKING:`` are left out: they serve annotations and
+are never made at run time (``flights`` and ``streams`` name each other's types).
+
 Exits 1 if there is a cycle or an upward import, else 0.
 
     scripts/layers.py [--root DIR]     (default: the tree this script is in)
@@ -59,6 +62,13 @@ def module_name(path: Path, package: Path) -> str:
     return ".".join(parts)
 
 
+def _type_checking(node: ast.AST) -> bool:
+    """Whether ``node`` is an ``if TYPE_CHECKING:`` block."""
+    return isinstance(node, ast.If) and (
+        isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        or isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")
+
+
 def imports(path: Path, name: str, modules: set[str]) -> set[str]:
     """The imagefs modules ``path`` (module ``name``) imports."""
     tree = ast.parse(path.read_text(), str(path))
@@ -76,6 +86,9 @@ def imports(path: Path, name: str, modules: set[str]) -> set[str]:
             dotted = dotted.rpartition(".")[0]
         return "__init__"
 
+    for node in list(ast.walk(tree)):
+        if _type_checking(node):  # annotations only: never imported at run time
+            node.body = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
