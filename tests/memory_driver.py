@@ -7,11 +7,12 @@ injected faults.
 - ``ranges = False``: a data request that starts past 0 or stops early raises
   ``RangesRefused`` at once, as Glance on rbd does;
 - ``fail``: the next N data requests raise ``BackendUnavailable``;
+- ``fail_listings``: the next N listings raise ``BackendUnavailable``;
 - ``drop_after`` with ``drops``: the next N bodies raise ``BackendUnavailable``
   after that many bytes (a connection reset);
 - ``locations``: per image id, the ``locations`` its record shows when asked.
 
-It counts ``gets`` and ``data_requests`` (each with its ``(offset, end)``).
+It counts ``gets``, ``lists`` and ``data_requests`` (each with its ``(offset, end)``).
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ class MemoryDriver:
         self.now = "2026-01-01T00:00:00Z"
         self.ranges = True
         self.fail = 0
+        self.fail_listings = 0
         self.drop_after: int | None = None
         self.drops = 0
         self.gets = 0
+        self.lists = 0
         self.data_requests: list[tuple[int, int | None]] = []
 
     def parse_uri(self, uri: str) -> str | None:
@@ -56,6 +59,10 @@ class MemoryDriver:
                            self.locations.get(image_id, ()))
 
     def list(self, ctx, filters, *, marker, limit, sort_key, sort_dir, page_size):
+        self.lists += 1
+        if self.fail_listings > 0:
+            self.fail_listings -= 1
+            raise BackendUnavailable("injected 503 to a listing")
         records = [raw for raw in self.raw.values() if raw["status"] != "deleted" and
                    all(str(raw.get(k)) == v for k, v in filters.items() if k != "tag")]
         records.sort(key=lambda raw: (raw.get(sort_key) or "", raw["id"]),

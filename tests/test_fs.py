@@ -24,8 +24,9 @@ from imagefs.fs import DATA, METADATA, ROOT_INODE, FsError, ImageFS, metadata_by
 KiB, MiB = 1 << 10, 1 << 20
 
 
-def run_fs(api, ctx, tmp_path, body, **overrides):
-    """Run ``await body(fs)`` with a filesystem over ``api`` as ``ctx``."""
+def run_fs(api, ctx, tmp_path, body, clock=None, **overrides):
+    """Run ``await body(fs)`` with a filesystem over ``api`` as ``ctx`` (on ``clock``,
+    trio's MockClock say; the system's by default)."""
     settings = dict(cache_dir=tmp_path / "cache", block_size=64 * KiB,
                     memory_cache=1 * MiB, cache_size=64 * MiB, list_ttl=0.5, record_ttl=0.5,
                     read_deadline=5.0, retry=FAST_RETRY)
@@ -49,7 +50,7 @@ def run_fs(api, ctx, tmp_path, body, **overrides):
                 if disk is not None:
                     disk.close()  # what streams queued for the disk tier, as at unmount
 
-    return trio.run(main)
+    return trio.run(main, clock=clock)
 
 
 def glance_image(glance, tag, size, timeout=30.0):
