@@ -23,6 +23,7 @@ def parts(tmp_path, with_disk=True):
                          profiles=SimpleNamespace(replays={B: {"finished": True}}))
     blocks = SimpleNamespace(stats=STATS, block_size=BS, fetched_by_image={A: 300},
                              path=lambda image_id: "rbd" if image_id == A else None,
+                             key=lambda ref, index: BlockKey(ref.id, ref.version, BS, index),
                              unwritten_blocks=0)
     memory = SimpleNamespace(bytes_used=123)
     disk = None
