@@ -13,30 +13,9 @@ Records are plain dicts (``imagefs.records``).  Errors are ``imagefs.errors``
 only.  Reads (``get``, listing pages, data) are retried on
 ``BackendUnavailable`` within ``RetryPolicy``; writes are tried once.
 
-``download(context, id_or_uri, data=None, dest_path=None)`` has one contract,
-whatever the arguments:
-
-- exactly one of ``data`` (a writable binary file object) and ``dest_path``
-  (a path) must be given; neither or both is ``ImageBadRequest``;
-- the bytes are checked against ``os_hash_value`` with ``os_hash_algo`` when
-  the image has one, else against ``checksum`` (md5), and always against
-  ``size``; a mismatch raises ``ImageChecksumMismatch``;
-- a connection lost mid-stream resumes where it stopped (a ``Range``
-  request; on stores that refuse ranges, a new stream skipped forward), within
-  the retry policy, rather than starting again or failing;
-- with ``dest_path``, the file appears only complete and verified: bytes go to
-  a temporary file beside it, which is fsync'ed and renamed into place; on any
-  failure the temporary file is removed and ``dest_path`` is untouched.  The
-  temporary file is 0600 while it fills (others must not read a half-checked
-  image); the file that appears has the mode a new file would, 0666 less the
-  umask.  A ``dest_path`` whose directory is missing, or that is a directory,
-  is ``ConfigError`` before anything is asked of the service;
-- with ``data``, bytes are written to it as they arrive; on failure what was
-  written stays there (the caller owns the file) and the error is raised;
-- it returns the image's record, the one the bytes were verified against;
-- with a ``direct`` hook (``imagefs image download --direct``), the bytes come
-  straight from the image's store where its location allows, and are
-  verified the same way.
+``download`` has one contract whatever its arguments (verified bytes, a
+temporary file renamed into place, resumed transfers, the direct hook): it
+is written down and kept in ``imagefs.download``.
 
 For reading parts of an image there are ``read`` (one range, exact) and
 ``stream`` (bytes from an offset to the end), both retried; the mount reads
@@ -46,35 +25,24 @@ each read's deadline.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
-import tempfile
-import time
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Iterator
 
 from .context import RequestContext
+from .download import DirectSource, Downloader, Progress
 from .drivers.base import Driver
-from .errors import (BackendUnavailable, ConfigError, ImageBadRequest, ImageChecksumMismatch, ImageConflict,
-                     ImagefsError, ImageNoData, ImageNotFound, RangesRefused)
+from .errors import ImageBadRequest, ImageConflict, ImagefsError, ImageNotFound
+from .ids import is_uuid_like
 from .records import DELETED_STATES, SORTABLE, split_info
-from .retry import Backoff, RetryPolicy, call_with_retries
-from .sources import Source, closing, skip_bytes
+from .retry import Retrier, RetryPolicy, call_with_retries
+from .sources import closing, stream_at
 from .sources.service import ServiceSource
 
 log = logging.getLogger(__name__)
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
-                   r"[0-9a-fA-F]{12}$")
 _PAGING = {"marker", "limit", "sort_key", "sort_dir", "page_size", "filters"}
 CHUNK = 1 << 20
-
-#: progress(image_id, bytes done, bytes in all or None)
-Progress = Callable[[str, int, "int | None"], None]
-#: direct(context, image_id, size): a source that reads the image's bytes straight
-#: from its store (``imagefs.sources.choose``), or None to read them through the service.
-DirectSource = Callable[[RequestContext, str, int], "Source | None"]
 
 
 def _chunks(data: Any) -> Iterator[bytes]:
@@ -91,69 +59,6 @@ def _chunks(data: Any) -> Iterator[bytes]:
             yield bytes(chunk)
 
 
-def _umask() -> int:
-    """This process's umask, read without changing it (os.umask sets it, and
-    another thread's new file could be made under the stand-in)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask
-
-
-def _temporary_beside(dest_path: str, directory: str) -> tuple[int, str]:
-    """A 0600 temporary file in ``directory``; ConfigError if ``dest_path``
-    cannot be written there."""
-    if os.path.isdir(dest_path):
-        raise ConfigError(f"{dest_path} is a directory: give the file to write")
-    if not os.path.isdir(directory):
-        raise ConfigError(f"cannot write {dest_path}: directory {directory} does not exist")
-    try:
-        return tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(dest_path)}.")
-    except OSError as exc:
-        raise ConfigError(f"cannot write {dest_path}: {exc.strerror}") from exc
-
-
-class _Verifier:
-    """Hashes bytes as they pass and checks them against a record."""
-
-    def __init__(self, record: dict[str, Any]):
-        self.record = record
-        algo, value = record.get("os_hash_algo"), record.get("os_hash_value")
-        if algo and value:
-            try:
-                self.hash, self.expected = hashlib.new(algo), value
-            except ValueError:
-                raise ImageBadRequest(f"image {record['id']}: unknown hash algorithm "
-                                      f"{algo!r}") from None
-        elif record.get("checksum"):
-            self.hash, self.expected = hashlib.md5(), record["checksum"]
-        else:
-            self.hash, self.expected = None, None
-        self.size = 0
-
-    def update(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.hash is not None:
-            self.hash.update(chunk)
-
-    def check(self) -> None:
-        image_id, want = self.record["id"], self.record.get("size")
-        if want is not None and self.size != want:
-            raise ImageChecksumMismatch(f"image {image_id}: got {self.size} bytes, "
-                                        f"expected {want}")
-        if self.hash is None:
-            log.warning("image %s has no checksum; only its size was verified", image_id)
-        elif self.hash.hexdigest() != self.expected:
-            raise ImageChecksumMismatch(f"image {image_id}: {self.hash.name} of the downloaded "
-                                        f"bytes is {self.hash.hexdigest()}, expected {self.expected}")
-
-
 class API:
     """Images through ``default`` (a driver), or another driver a URI names."""
 
@@ -165,19 +70,19 @@ class API:
         self.retry = retry
         self.page_size = page_size
         self.progress = progress
-        self.direct = direct
+        self._downloads = Downloader(retry, progress, direct)
 
     # ---- dispatch ---------------------------------------------------------
     def resolve(self, id_or_uri: str) -> tuple[Driver, str]:
         """(driver, image id) for a UUID or an image URI."""
         if not isinstance(id_or_uri, str) or not id_or_uri:
             raise ImageBadRequest(f"not an image id or URI: {id_or_uri!r}")
-        if _UUID.match(id_or_uri):
+        if is_uuid_like(id_or_uri):
             return self.default, id_or_uri
         for driver in self.drivers:
             image_id = driver.parse_uri(id_or_uri)
             if image_id is not None:
-                if not _UUID.match(image_id):
+                if not is_uuid_like(image_id):
                     raise ImageBadRequest(f"{id_or_uri!r} does not end in an image id")
                 return driver, image_id
         if ":" in id_or_uri:
@@ -254,25 +159,19 @@ class API:
     def _list(self, context, filters, marker, limit, sort_key, sort_dir, page_size):
         if limit == 0:
             return
-        backoff = Backoff(self.retry)
-        while True:
-            try:
-                for record in self.default.list(context, filters, marker=marker, limit=limit,
-                                                 sort_key=sort_key, sort_dir=sort_dir,
-                                                 page_size=page_size):
-                    yield record
-                    marker = record["id"]
-                    if limit is not None:
-                        limit -= 1
-                        if limit == 0:
-                            return
-                return
-            except BackendUnavailable as exc:
-                delay = backoff.next_delay()
-                if delay is None:
-                    raise
-                log.info("listing images: %s; resuming after %s in %.2fs", exc, marker, delay)
-                time.sleep(delay)
+
+        def open_listing():  # after the last image returned, as many as are still wanted
+            return self.default.list(context, filters, marker=marker, limit=limit,
+                                     sort_key=sort_key, sort_dir=sort_dir, page_size=page_size)
+        retrier = Retrier(self.retry, on_retry=lambda exc, delay: log.info(
+            "listing images: %s; resuming after %s in %.2fs", exc, marker, delay))
+        for record in retrier.iterate(open_listing):
+            yield record
+            marker = record["id"]
+            if limit is not None:
+                limit -= 1
+                if limit == 0:
+                    return
 
     def create(self, context: RequestContext, image_info: dict[str, Any],
                data: Any = None) -> dict[str, Any]:
@@ -298,22 +197,18 @@ class API:
         return self.get(context, record["id"])
 
     def update(self, context: RequestContext, id_or_uri: str, image_info: dict[str, Any],
-               data: Any = None, purge_props: bool = False, *, add_tags: Iterable[str] = (),
-               remove_tags: Iterable[str] = ()) -> dict[str, Any]:
+               data: Any = None, purge_props: bool = False) -> dict[str, Any]:
         """Change an image's fields and custom properties and return the new record.
 
         Properties in ``image_info`` are set; with ``purge_props=True`` every
-        other custom property is removed.  ``tags`` in ``image_info`` replaces
-        the image's tags; ``add_tags`` and ``remove_tags`` change them one by
-        one (Glance's tag calls), so two callers tagging at once both win.
-        Removing a tag the image lacks is no error.  ``data`` uploads bits to
-        an image that has none (``queued``); for any other image it is
-        ``ImageConflict`` and nothing is changed.
+        other custom property is removed.  ``tags`` in ``image_info`` is the
+        image's new list of tags, as its record carries them (the driver makes
+        the change tag by tag where the service has tag calls).  ``data``
+        uploads bits to an image that has none (``queued``); for any other
+        image it is ``ImageConflict`` and nothing is changed.
         """
         driver, image_id = self.resolve(id_or_uri)
         fields, props = split_info(image_info)
-        add_tags, remove_tags = list(add_tags), list(remove_tags)
-        split_info({"tags": add_tags + remove_tags})  # the same checks as for tags=
         if data is not None:
             status = self._retrying(lambda: driver.get(context, image_id, False),
                                     f"get image {image_id}")["status"]
@@ -323,9 +218,6 @@ class API:
         record = None
         if fields or props or purge_props:
             record = driver.update(context, image_id, fields, props, purge_props)
-        if add_tags or remove_tags:
-            driver.change_tags(context, image_id, add_tags, remove_tags)
-            record = None
         if data is not None:
             self._upload(context, driver, image_id, data)
             record = None
@@ -341,48 +233,10 @@ class API:
 
     def download(self, context: RequestContext, id_or_uri: str, data: BinaryIO | None = None,
                  dest_path: str | os.PathLike | None = None) -> dict[str, Any]:
-        """Write the image's verified bytes to ``data`` or ``dest_path``.
-
-        See the module docstring for the whole contract; returns the record.
-        """
-        if (data is None) == (dest_path is None):
-            raise ImageBadRequest("download needs exactly one of data (a file object) "
-                                  "and dest_path")
+        """Write the image's verified bytes to ``data`` or ``dest_path``; returns
+        the record.  The whole contract: ``imagefs.download``."""
         driver, image_id = self.resolve(id_or_uri)
-        if data is not None:
-            record = self._active(context, driver, image_id)
-            self._transfer(context, driver, record, data.write)
-            return record
-        dest_path = os.fspath(dest_path)
-        directory = os.path.dirname(os.path.abspath(dest_path))
-        fd, tmp = _temporary_beside(dest_path, directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                record = self._active(context, driver, image_id)
-                self._transfer(context, driver, record, f.write)
-                f.flush()
-                os.fchmod(f.fileno(), 0o666 & ~_umask())
-                os.fsync(f.fileno())
-            os.replace(tmp, dest_path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        dirfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
-        return record
-
-    def _active(self, context, driver, image_id) -> dict[str, Any]:
-        record = self._retrying(lambda: driver.get(context, image_id, False),
-                                f"get image {image_id}")
-        if record["status"] != "active":
-            raise ImageNoData(f"image {image_id} is {record['status']} and has no data")
-        return record
+        return self._downloads.download(context, driver, image_id, data, dest_path)
 
     # ---- ranged reads --------------------------------------------------------
     def read(self, context: RequestContext, id_or_uri: str, offset: int, length: int) -> bytes:
@@ -397,19 +251,10 @@ class API:
             raise ImageBadRequest("offset and length must be >= 0")
         driver, image_id = self.resolve(id_or_uri)
 
-        def once() -> bytes:
-            try:
-                return driver.read(context, image_id, offset, length)
-            except RangesRefused:  # the store cannot seek: from the start, skipped
-                parts, position, end = [], 0, offset + length
-                with closing(driver.open_stream(context, image_id, 0)) as stream:
-                    for chunk in stream:
-                        if position + len(chunk) > offset:
-                            parts.append(chunk[max(0, offset - position):end - position])
-                        position += len(chunk)
-                        if position >= end:
-                            break
-                return b"".join(parts)
+        def once() -> bytes:  # on a store that cannot seek: from the start, skipped
+            with closing(stream_at(lambda o, e: driver.open_stream(context, image_id, o, e),
+                                   offset, offset + length)) as chunks:
+                return b"".join(chunks)
         return self._retrying(once, f"read image {image_id} at {offset}+{length}")
 
     def stream(self, context: RequestContext, id_or_uri: str, offset: int = 0) -> Iterator[bytes]:
@@ -417,64 +262,12 @@ class API:
         dropped connection.  Not verified (it may start mid-image): use
         ``download`` for a verified copy."""
         driver, image_id = self.resolve(id_or_uri)
-        return self._resuming(context, driver, image_id, offset)
+        return self._downloads.stream(context, driver, image_id, offset)
 
     def source(self, context: RequestContext, id_or_uri: str) -> ServiceSource:
         """The image's bytes as a ``Source`` (single tries: the mount retries)."""
         driver, image_id = self.resolve(id_or_uri)
         return ServiceSource(driver, context, image_id)
-
-    def _resuming(self, context, driver, image_id, offset) -> Iterator[bytes]:
-        def open_at(start: int) -> Iterator[bytes]:
-            try:
-                return driver.open_stream(context, image_id, start)
-            except RangesRefused:  # the store cannot seek: from the start, skipped
-                return skip_bytes(driver.open_stream(context, image_id, 0), start)
-        return self._resume(open_at, image_id, offset)
-
-    def _resuming_source(self, source: Source, image_id: str) -> Iterator[bytes]:
-        """A direct source's bytes from the start, resumed after failures within
-        the policy (a source gives way to the service on its own when it must)."""
-        try:
-            yield from self._resume(source.stream, image_id, 0)
-        finally:
-            source.close()
-
-    def _resume(self, open_at: Callable[[int], Iterator[bytes]], image_id: str,
-                offset: int) -> Iterator[bytes]:
-        """The bytes ``open_at(offset)`` streams, opened again where they stopped
-        after a ``BackendUnavailable`` (at the open or mid-body), within the policy."""
-        backoff = Backoff(self.retry)
-        while True:
-            try:
-                with closing(open_at(offset)) as stream:
-                    for chunk in stream:
-                        offset += len(chunk)
-                        yield chunk
-                return
-            except BackendUnavailable as exc:
-                delay = backoff.next_delay()
-                if delay is None:
-                    log.warning("image %s: giving up at byte %d after %d tries: %s", image_id,
-                                offset, backoff.tries, exc)
-                    raise
-                log.warning("image %s: %s; resuming at byte %d in %.2fs", image_id, exc,
-                            offset, delay)
-                time.sleep(delay)
-
-    # ---- helpers ------------------------------------------------------------
-    def _transfer(self, context, driver, record, write) -> None:
-        verifier = _Verifier(record)
-        image_id, total = record["id"], record.get("size")
-        source = self.direct(context, image_id, total or 0) if self.direct else None
-        chunks = self._resuming(context, driver, image_id, 0) if source is None else \
-            self._resuming_source(source, image_id)
-        for chunk in chunks:
-            write(chunk)
-            verifier.update(chunk)
-            if self.progress:
-                self.progress(image_id, verifier.size, total)
-        verifier.check()
 
     def _upload(self, context, driver, image_id, data) -> None:
         done = 0

@@ -24,13 +24,16 @@ import dataclasses
 import os
 from typing import Mapping
 
-from .api import API, Progress
+from .api import API
 from .context import RequestContext
+from .download import Progress
+from .drivers.base import Driver
 from .drivers.local import LocalDriver, default_store_dir
 from .errors import ConfigError
-from .retry import RetryPolicy
-from .sources.choose import DirectOptions
+from .retry import RetryPolicy, call_with_retries
+from .sources.choose import DirectOptions, SourceChooser
 from .sources.rbd import CephOptions
+from .sources.service import ServiceSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,14 +117,35 @@ def check_image_url(url: str) -> None:
 
 
 def open_api(opts: ServiceOptions, env: Mapping[str, str] = os.environ, *,
-             retry: RetryPolicy = RetryPolicy(), progress: Progress | None = None
-             ) -> tuple[API, RequestContext]:
-    """The API and the caller's context for these options."""
+             retry: RetryPolicy = RetryPolicy(), progress: Progress | None = None,
+             direct: DirectOptions | None = None) -> tuple[API, RequestContext]:
+    """The API and the caller's context for these options; with ``direct``
+    (``--direct`` of a download), an API whose downloads read images straight
+    from their stores where their locations allow."""
+    driver, ctx = _open_driver(opts, env)
+    opener = None
+    if direct is not None and direct.schemes:
+        opener = open_chooser(driver, ctx, direct, retry).open_direct
+    return API(driver, retry=retry, progress=progress, direct=opener), ctx
+
+
+def open_chooser(driver: Driver, ctx: RequestContext, options: DirectOptions,
+                 retry: RetryPolicy = RetryPolicy()) -> SourceChooser:
+    """The chooser of sources for ``driver``'s images, asking it for their
+    locations (retried) and reading through it with ``ctx``'s credentials."""
+    def locations(image_id: str) -> list:
+        record = call_with_retries(lambda: driver.get(ctx, image_id, True), retry,
+                                   f"get image {image_id}")
+        return record.get("locations") or []
+    return SourceChooser(lambda image_id: ServiceSource(driver, ctx, image_id), locations,
+                         options)
+
+
+def _open_driver(opts: ServiceOptions, env: Mapping[str, str]) -> tuple[Driver, RequestContext]:
     if opts.os_image_url and not opts.store:
         check_image_url(opts.os_image_url)
     if opts.store:
-        return API(LocalDriver(opts.store), retry=retry, progress=progress), \
-            RequestContext.local_admin()
+        return LocalDriver(opts.store), RequestContext.local_admin()
     has_token = bool(opts.os_auth_token or opts.os_auth_token_file)
     if has_token or (opts.os_image_url and not uses_keystone(opts, env)):
         if not (has_token and opts.os_image_url):
@@ -133,14 +157,13 @@ def open_api(opts: ServiceOptions, env: Mapping[str, str] = os.environ, *,
         ctx = RequestContext(auth_token=opts.os_auth_token,
                              auth_token_file=opts.os_auth_token_file)
         driver.check_credentials(ctx)
-        return API(driver, retry=retry, progress=progress), ctx
+        return driver, ctx
     if uses_keystone(opts, env):
-        return _open_cloud(opts, retry, progress)
-    return API(LocalDriver(default_store_dir()), retry=retry, progress=progress), \
-        RequestContext.local_admin()
+        return _open_cloud(opts)
+    return LocalDriver(default_store_dir()), RequestContext.local_admin()
 
 
-def _open_cloud(opts: ServiceOptions, retry: RetryPolicy, progress):
+def _open_cloud(opts: ServiceOptions) -> tuple[Driver, RequestContext]:
     import openstack.config
     from openstack import exceptions as sdk_exc
 
@@ -158,7 +181,7 @@ def _open_cloud(opts: ServiceOptions, retry: RetryPolicy, progress):
     auth = region.config.get("auth") or {}
     ctx = RequestContext(session=session, project_id=auth.get("project_id"),
                          user_id=auth.get("user_id"))
-    return API(driver, retry=retry, progress=progress), ctx
+    return driver, ctx
 
 
 def add_direct_arguments(p: argparse.ArgumentParser) -> None:

@@ -2,7 +2,9 @@
 
 Every layer raises these; nothing above the drivers ever sees an exception of
 glanceclient, keystoneauth or requests.  Each driver translates its library's
-errors at one place (``imagefs.drivers.glance._translate``).
+errors at one place (``imagefs.drivers.glance._translate``).  ``FsError`` is
+the filesystem's own answer, an errno, and stands apart from the tree: it is
+never an image service's error.
 
 ::
 
@@ -18,13 +20,21 @@ errors at one place (``imagefs.drivers.glance._translate``).
      │    ├── ImageQuotaExceeded    413: quota or size cap
      │    └── ImageNoData           the image has no data to read (queued, or deleted since)
      ├── ImageChecksumMismatch      downloaded bytes do not match the image's hash
-     └── BackendUnavailable         connection failures, timeouts and 5xx, after bounded retries
+     ├── Unusable                   a direct source cannot serve this image: read it
+     │                              through the image service instead (``imagefs.sources``)
+     └── BackendUnavailable         connection failures, timeouts and 5xx: what a retry may cure
+
+    FsError                         an errno the filesystem answers on its own account
+                                    (ENOENT for a name that is not there, EROFS ...)
 
 The mount maps them to errno in one table (``imagefs.fuse_ops``):
-ImageNotFound → ENOENT, ImageNoData → ESTALE, everything else → EIO.
+FsError → its errno, ImageNotFound → ENOENT (ESTALE for a read of an open
+file), ImageNoData → ESTALE, ImageNotAuthorized → EACCES, everything else → EIO.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class ImagefsError(Exception):
@@ -83,5 +93,21 @@ class ImageChecksumMismatch(ImagefsError):
     """Downloaded bytes did not match the image's recorded hash."""
 
 
+class Unusable(ImagefsError):
+    """A direct source cannot serve this image (the message says why): read it
+    through the image service instead."""
+
+
 class BackendUnavailable(ImagefsError):
-    """The service could not be reached or kept failing; retries are exhausted."""
+    """The service or a store could not be reached, timed out or answered 5xx.
+
+    Drivers and sources raise it for one try; whoever retries (``imagefs.retry``)
+    raises it again when its policy gives up."""
+
+
+class FsError(Exception):
+    """An errno the filesystem answers on its own account."""
+
+    def __init__(self, errno_: int, message: str = ""):
+        super().__init__(message or errno.errorcode.get(errno_, str(errno_)))
+        self.errno = errno_

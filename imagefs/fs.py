@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import json
 import logging
-import re
 import stat
 import time
 from datetime import datetime
@@ -37,32 +37,25 @@ from typing import Any
 import trio
 
 from .api import API
-from .blocks import BlockReader, ImageRef
-from .cache.keys import image_version
+from .blocks import BlockReader
 from .config import MountConfig
 from .context import RequestContext
-from .errors import ImageNotFound
+from .errors import FsError, ImageNotFound
+from .ids import is_image_id
+from .image import ImageRef
 from .names import by_name
-from .prefetch import Prefetcher
+from .prefetch import Prefetcher, direct_prefetcher
 from .profiles import GUIDED_MISS
 from .records import without_locations
+from .times import DataTimes
 
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
 BY_NAME_INODE = 2
 _FIRST_IMAGE_INODE = 16
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 METADATA, DATA, BY_NAME = "metadata.json", "data", "by-name"
 _KIND_DIR, _KIND_META, _KIND_DATA, _KIND_LINK = 0, 1, 2, 3
-
-
-class FsError(Exception):
-    """An errno the filesystem answers on its own account."""
-
-    def __init__(self, errno_: int, message: str = ""):
-        super().__init__(message or errno.errorcode.get(errno_, str(errno_)))
-        self.errno = errno_
 
 
 @dataclasses.dataclass
@@ -73,6 +66,7 @@ class Attr:
     mtime_ns: int
     nlink: int
     timeout: float  # how long the kernel may trust this
+    atime_ns: int | None = None  # None: mtime_ns
 
 
 def _ns(timestamp: str | None) -> int:
@@ -100,11 +94,7 @@ class _Image:
 
     @property
     def ref(self) -> ImageRef:
-        record = self.record
-        algo, value = record.get("os_hash_algo"), record.get("os_hash_value")
-        if not (algo and value):
-            algo, value = ("md5", record["checksum"]) if record.get("checksum") else (None, None)
-        return ImageRef(self.id, image_version(record), record.get("size") or 0, algo, value)
+        return ImageRef.of(self.record)
 
 
 @dataclasses.dataclass
@@ -115,14 +105,25 @@ class _Handle:
     missed: int = 0                # bytes read that a guiding boot profile did not bring
     paged: bool = True             # the kernel keeps what it reads in its page cache
 
+    def guided(self, size: int, cached: bool) -> bool:
+        """Whether the image's boot profile, while it is replayed, stands in for the
+        mount's readahead for a read of ``size`` bytes (``cached``: its blocks were
+        all cached or coming): until the reader has missed ``GUIDED_MISS`` bytes
+        that it did not bring (then it reads something else)."""
+        if not cached:
+            self.missed += size
+        return self.missed < GUIDED_MISS
+
 
 class ImageFS:
-    def __init__(self, api: API, ctx: RequestContext, config: MountConfig, blocks: BlockReader):
+    def __init__(self, api: API, ctx: RequestContext, config: MountConfig, blocks: BlockReader,
+                 times: DataTimes | None = None):
         self.api, self.ctx, self.config, self.blocks = api, ctx, config, blocks
+        self.times = times if times is not None else DataTimes()  # utime on data files
         self.profiles = None  # BootProfiles, when the mount records and replays them
         self.meta_limiter = trio.CapacityLimiter(4)  # listings never wait behind data fetches
         self._images: dict[str, _Image] = {}
-        self._prefetchers: dict[tuple[str, str], list] = {}  # (id, version) -> [it, opens]
+        self._prefetchers: dict[tuple, list] = {}  # (id, version, paged) -> [it, opens]
         # The readahead window; a window over half the memory tier would evict its own
         # blocks before they are read (0: no readahead).
         self._window = min(config.max_readahead, config.memory_cache // 2)
@@ -139,7 +140,8 @@ class ImageFS:
         self._dirs: dict[int, tuple[int, list[str]]] = {}  # fh -> (inode, names)
         self.mounted_at_ns = time.time_ns()
         self.api_calls = {"list": 0, "get": 0}
-        self.reads = {"requests": 0, "bytes": 0}
+        # "seconds": what reads spent waiting for their bytes (a boot's stalls)
+        self.reads = {"requests": 0, "bytes": 0, "seconds": 0.0}
 
     @property
     def image_count(self) -> int:
@@ -180,11 +182,18 @@ class ImageFS:
                 log.warning("cannot refresh the image listing (%s); serving the one from "
                             "%.0fs ago", exc, trio.current_time() - self._listed_at)
                 return self._listing
+            listed = self._listed
             self._listing = sorted(self._remember(r).id for r in records)
             self._listed = set(self._listing)
+            for image_id in listed - self._listed:  # gone, or no longer visible
+                self.blocks.forget(image_id)
             self._names = by_name(records)
             self._listed_at = trio.current_time()
             return self._listing
+
+    async def image_ref(self, image_id: str) -> ImageRef:
+        """What the data path needs of an active image (ImageNotFound if it is not)."""
+        return (await self._image(image_id)).ref
 
     async def _image(self, image_id: str) -> _Image:
         """The image, its record no older than record_ttl; ImageNotFound if gone."""
@@ -201,6 +210,7 @@ class ImageFS:
             if record["status"] != "active":
                 raise ImageNotFound(f"image {image_id} is {record['status']}")
         except ImageNotFound:
+            self.blocks.forget(image_id)
             if image_id in self._listed:
                 self._listed.discard(image_id)
                 self._listing.remove(image_id)
@@ -229,7 +239,7 @@ class ImageFS:
         if parent == ROOT_INODE:
             if name == BY_NAME:
                 return self._by_name_attr()
-            if not _UUID.fullmatch(name):
+            if not is_image_id(name):
                 raise FsError(errno.ENOENT)
             await self.listing()
             if name in self._listed:
@@ -280,9 +290,27 @@ class ImageFS:
         if kind == _KIND_LINK:
             return Attr(image.ino + 3, stat.S_IFLNK | 0o777, len(f"../{image.id}"),
                         _ns(record.get("created_at")), 1, self.config.list_ttl)
-        # An active image's bytes never change: the kernel may keep its attributes.
+        # An active image's bytes never change: the kernel may keep its attributes
+        # (a utime answers with the new ones, which the kernel takes).
+        atime = mtime = _ns(record.get("created_at"))
+        if (given := self.times.get(image.id, image.ref.version)) is not None:
+            atime, mtime = given
         return Attr(image.ino + 2, stat.S_IFREG | self.config.file_mode, record.get("size") or 0,
-                    _ns(record.get("created_at")), 1, 3600.0)
+                    mtime, 1, 3600.0, atime)
+
+    async def set_times(self, ino: int, atime_ns: int | None, mtime_ns: int | None) -> Attr:
+        """``utime`` on a ``data`` file (None: that time stays); the one change the
+        mount accepts, for Nova's image cache (``imagefs.times``).  EROFS elsewhere."""
+        if ino in (ROOT_INODE, BY_NAME_INODE):
+            raise FsError(errno.EROFS)
+        image, kind = self._split(ino)
+        if kind != _KIND_DATA:
+            raise FsError(errno.EROFS)
+        now = self._attr(image, kind)
+        await self.times.set(image.id, image.ref.version,
+                             now.atime_ns if atime_ns is None else atime_ns,
+                             now.mtime_ns if mtime_ns is None else mtime_ns)
+        return self._attr(image, kind)
 
     async def opendir(self, ino: int) -> int:
         if ino == ROOT_INODE:
@@ -351,7 +379,8 @@ class ImageFS:
             self._handles[fh] = _Handle(image.ref, content=metadata_bytes(image.record))
             return fh, False
         ref = image.ref
-        self._handles[fh] = _Handle(ref, self._prefetcher(ref, +1), paged=not direct)
+        self._handles[fh] = _Handle(ref, self._prefetcher(ref, +1, not direct),
+                                    paged=not direct)
         self.blocks.describe(ref, image.record)
         self.blocks.hold(ref)  # released by release(): an image in use keeps its blocks
         if self.profiles is not None:
@@ -364,42 +393,40 @@ class ImageFS:
             raise FsError(errno.EBADF)
         if handle.content is not None:
             return handle.content[offset:offset + size]
+        guided = None
         if self.profiles is not None:
             self.profiles.on_read(handle.image, offset, size)
-        guided = self._guided(handle, offset, size)  # (counts every read's misses)
-        if handle.prefetcher is not None:
-            start, end = handle.prefetcher.on_read(offset, size)
-            if end > start:
-                self.blocks.prefetch(handle.image, start, end, cached_only=guided)
-        data = await self.blocks.read(handle.image, offset, size, paged=handle.paged)
+            if self.profiles.guides(handle.image):
+                guided = functools.partial(handle.guided, size)
+        ahead = handle.prefetcher.on_read(offset, size) if handle.prefetcher is not None \
+            else None
+        # The failure grace answers the kernel's immediate re-read of a failed page,
+        # which only a page-cached file gets: an O_DIRECT reader always tries anew.
+        started = trio.current_time()
+        data = await self.blocks.read(handle.image, offset, size, paged=handle.paged,
+                                      grace=handle.paged, ahead=ahead, guided=guided)
+        self.reads["seconds"] += trio.current_time() - started
         self.reads["requests"] += 1
         self.reads["bytes"] += len(data)
         return data
 
-    def _guided(self, handle: _Handle, offset: int, size: int) -> bool:
-        """Whether the image's boot profile stands in for the mount's readahead for
-        this read: while it is replayed, and until the reader has missed
-        ``GUIDED_MISS`` bytes that it did not bring (then it reads something else)."""
-        if self.profiles is None or not self.profiles.guides(handle.image):
-            return False
-        if not self.blocks.is_cached(handle.image, offset, size):
-            handle.missed += size
-        return handle.missed < GUIDED_MISS
-
-    def _prefetcher(self, ref: ImageRef, opened: int) -> Prefetcher | None:
+    def _prefetcher(self, ref: ImageRef, opened: int, paged: bool = True) -> Prefetcher | None:
         """The readahead of the image's open ``data`` files, one for all of them
         (``opened``: +1 at an open, -1 at a release).  Several readers of one image
         share its pages in the kernel, and the reads that reach the mount from each
-        of them have holes where another's readahead read first: four ``dd``s of
-        one cold image, each followed alone, looked random (a ranged read per
-        block, 10-14x one reader's time)."""
+        of them have holes where another's readahead read first: several ``dd``s
+        of one cold image, each followed alone, looked random (a ranged read per
+        block).  Readers that bypass the page cache (``paged`` False: O_DIRECT)
+        share one of their own, which stands in for the kernel's readahead
+        (``direct_prefetcher``)."""
         if not self._window:
             return None
-        key = (ref.id, ref.version)
+        key = (ref.id, ref.version, paged)
         entry = self._prefetchers.get(key)
         if entry is None:
-            entry = self._prefetchers[key] = [Prefetcher(self.config.block_size, self._window),
-                                              0]
+            made = Prefetcher(self.config.block_size, self._window) if paged else \
+                direct_prefetcher(self.config.block_size, self.config.read_ahead_kb << 10)
+            entry = self._prefetchers[key] = [made, 0]
         entry[1] += opened
         if entry[1] <= 0:
             del self._prefetchers[key]
@@ -409,4 +436,4 @@ class ImageFS:
         handle = self._handles.pop(fh, None)
         if handle is not None and handle.content is None:  # a data file's
             self.blocks.unhold(handle.image)
-            self._prefetcher(handle.image, -1)
+            self._prefetcher(handle.image, -1, handle.paged)

@@ -13,7 +13,9 @@ any other ``ImagefsError`` EIO (unreachable service, bad bytes ...)
 anything else              EIO, logged with its traceback
 =========================  ==========================================
 
-The filesystem is read-only: every call that would change it answers EROFS.
+The filesystem is read-only: every call that would change it answers EROFS,
+except ``setattr`` of a ``data`` file's times alone (``utime``, which Nova's
+image cache needs; ``imagefs.times``).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import os
 import pyfuse3
 
 from . import metrics
-from .errors import ImagefsError, ImageNoData, ImageNotAuthorized, ImageNotFound
-from .fs import Attr, FsError, ImageFS
+from .errors import FsError, ImagefsError, ImageNoData, ImageNotAuthorized, ImageNotFound
+from .fs import Attr, ImageFS
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,11 @@ def errno_for(exc: BaseException, reading: bool = False) -> int:
     return errno.EIO
 
 
-def _errno(fn):
-    reading = fn.__name__ == "read"
+def _errno(fn=None, *, reading: bool = False):
+    """Run a handler with its errors turned into errnos (``errno_for``);
+    ``@_errno(reading=True)`` for the read of an open file."""
+    if fn is None:
+        return functools.partial(_errno, reading=reading)
 
     @functools.wraps(fn)
     async def handler(self, *args):
@@ -99,7 +104,8 @@ class FuseOps(pyfuse3.Operations):
         entry.st_size = attr.size
         entry.st_blksize = 1 << 20
         entry.st_blocks = (attr.size + 511) // 512
-        entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = attr.mtime_ns
+        entry.st_mtime_ns = entry.st_ctime_ns = attr.mtime_ns
+        entry.st_atime_ns = attr.mtime_ns if attr.atime_ns is None else attr.atime_ns
         return entry
 
     @_errno
@@ -138,7 +144,7 @@ class FuseOps(pyfuse3.Operations):
         # metadata.json: a snapshot per open, served whole (direct_io) and not kept.
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep, direct_io=not keep)
 
-    @_errno
+    @_errno(reading=True)
     async def read(self, fh, off, size):
         return await self.fs.read(fh, off, size)
 
@@ -156,6 +162,17 @@ class FuseOps(pyfuse3.Operations):
         st.f_namemax = 255
         return st
 
+    @_errno
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        """Times on a ``data`` file may be set (``utime``, for Nova's image cache);
+        any other change (size, mode, owner) is refused."""
+        if fields.update_size or fields.update_mode or fields.update_uid or fields.update_gid \
+                or not (fields.update_atime or fields.update_mtime):
+            raise FsError(errno.EROFS)
+        return self._entry(await self.fs.set_times(
+            inode, attr.st_atime_ns if fields.update_atime else None,
+            attr.st_mtime_ns if fields.update_mtime else None))
+
     async def fsync(self, fh, datasync):
         pass  # nothing is ever written
 
@@ -167,7 +184,7 @@ class FuseOps(pyfuse3.Operations):
     async def listxattr(self, inode, ctx):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
-    for _name in ("setattr", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link",
+    for _name in ("mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "link",
                   "write", "create", "setxattr", "removexattr"):
         locals()[_name] = _read_only(_name)
     del _name

@@ -1,7 +1,7 @@
 """Sequential detection and the readahead window.
 
 This module alone decides whether reads are sequential.  One ``Prefetcher``
-follows one open file.  It keeps a few **runs**: byte ranges that reads have
+follows one open file (``direct_prefetcher``: one opened ``O_DIRECT``).  It keeps a few **runs**: byte ranges that reads have
 covered without a gap (``GAP`` at most).  A read that touches a run extends
 it, and merges runs it joins, so requests that arrive out of order (qemu
 keeps up to 8 in flight; the kernel splits one read into several requests)
@@ -36,6 +36,9 @@ GAP = 128 << 10
 RUNS = 8
 #: The most a run asks for ahead of its end, as a share of its length.
 AHEAD_SHARE = 0.125
+#: How long a run of O_DIRECT reads (one read, or reads with no gap between
+#: them) is before it asks for readahead; also its first window.
+DIRECT_MIN_RUN = 32 << 10
 
 
 @dataclasses.dataclass
@@ -47,10 +50,18 @@ class _Run:
 
 
 class Prefetcher:
-    def __init__(self, block_size: int, max_window: int, min_run: int | None = None):
+    """``min_run``, ``first`` (the first window), ``share`` (of the run, at most
+    ahead of it) and ``gap`` default to the mount's readahead described above;
+    ``direct_prefetcher`` sets them otherwise."""
+
+    def __init__(self, block_size: int, max_window: int, min_run: int | None = None, *,
+                 first: int | None = None, share: float = AHEAD_SHARE, gap: int = GAP):
         self.block_size = block_size
         self.max_window = max(max_window, block_size)
         self.min_run = min_run if min_run is not None else max(4 << 20, 4 * block_size)
+        self.first = first if first is not None else 4 * block_size
+        self.floor = min(self.first, block_size)  # the share's cap goes no lower
+        self.share, self.gap = share, gap
         self.runs: list[_Run] = []  # least recently extended first
 
     def on_read(self, offset: int, size: int) -> tuple[int, int]:
@@ -62,14 +73,15 @@ class Prefetcher:
             return (end, end)
         if run.window and run.ahead - run.end >= run.window // 2:
             return (end, end)
-        run.window = min(max(2 * run.window, 4 * self.block_size), self.max_window,
-                         max(int((run.end - run.start) * AHEAD_SHARE), self.block_size))
+        run.window = min(max(2 * run.window, self.first), self.max_window,
+                         max(int((run.end - run.start) * self.share), self.floor))
         start = max(run.ahead, run.end)
         run.ahead = run.end + run.window
         return (start, run.ahead)
 
     def _extend(self, start: int, end: int) -> _Run:
-        touching = [r for r in self.runs if r.start - GAP <= end and start <= r.end + GAP]
+        touching = [r for r in self.runs
+                    if r.start - self.gap <= end and start <= r.end + self.gap]
         if not touching:
             run = _Run(start, end, ahead=end)
             self.runs.append(run)
@@ -92,3 +104,19 @@ class Prefetcher:
     def window(self) -> int:
         """The window of the run read last (0 when none has asked for anything)."""
         return self.runs[-1].window if self.runs else 0
+
+
+def direct_prefetcher(block_size: int, window: int) -> Prefetcher:
+    """The readahead of files opened ``O_DIRECT``, which the kernel does not read
+    ahead of: qemu with ``cache=none`` (as Nova boots guests) opens its backing
+    file so, and each of its reads reaches the mount alone.  It does what the
+    kernel's readahead does for a buffered reader (``--kernel-readahead``,
+    ``window``): once a run of reads with no gap between them has 32 KiB, the
+    bytes after it are fetched in the background, 32 KiB first, then twice as
+    much at each batch, never more than the run has read, up to ``window``.
+    So a file the guest reads through has its next block on the way while
+    qemu works on this one, and a run that stops leaves no more fetched for
+    nothing than the kernel's readahead would."""
+    window = max(window, 4 << 10)
+    return Prefetcher(block_size, window, min_run=DIRECT_MIN_RUN, first=DIRECT_MIN_RUN,
+                      share=1.0, gap=0)

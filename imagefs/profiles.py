@@ -53,7 +53,8 @@ from pathlib import Path
 import trio
 
 from .atomic import write_whole
-from .blocks import BlockReader, ImageRef
+from .blocks import BlockReader
+from .image import ImageRef
 
 log = logging.getLogger(__name__)
 

@@ -53,13 +53,13 @@ import time
 from typing import Any
 
 from .errors import (
-    BackendUnavailable,
     ImagefsError,
     ImageNotAuthorized,
     ImageNotFound,
     ImageQuotaExceeded,
 )
 from .profiles import MAX_SHARE, Profile
+from .retry import Retrier, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,9 @@ PROP_VERSION = "imagefs_profile_version"
 MAX_PROFILE_BYTES = 1 << 20
 #: Seconds a lookup that found nothing is remembered.
 MISS_TTL = 300.0
-#: Seconds before each new try of a publish the service failed (a whole publish is
-#: tried again: read, merge, create; the images it read are deleted only at its end).
-PUBLISH_RETRIES = (1.0, 3.0)
+#: A publish the service failed is tried again, whole (read, merge, create; the
+#: images it read are deleted only at its end): three tries in all, about 1 and 2 s apart.
+PUBLISH_RETRY = RetryPolicy(base_delay=1.0, max_delay=2.0, deadline=30.0, attempts=3)
 
 
 class _TooLarge(Exception):
@@ -220,14 +220,11 @@ class PublishedProfiles:
         the merged profile (``profile`` itself when publishing is off)."""
         if not self.publishing:
             return profile
-        for delay in PUBLISH_RETRIES:
-            try:
-                return self._publish(profile)
-            except BackendUnavailable as exc:  # nothing lost: published ones are deleted last
-                log.info("image %s: publishing its boot profile: %s; again in %.0f s",
-                         profile.image_id, exc, delay)
-                time.sleep(delay)
-        return self._publish(profile)
+        # Nothing is lost by a try that fails: published ones are deleted last.
+        retrier = Retrier(PUBLISH_RETRY, on_retry=lambda exc, delay: log.info(
+            "image %s: publishing its boot profile: %s; again in %.1f s", profile.image_id,
+            exc, delay))
+        return retrier(lambda: self._publish(profile))
 
     def _publish(self, profile: Profile) -> Profile:
         old = self._published(profile.image_id, profile.version)

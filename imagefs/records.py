@@ -35,7 +35,7 @@ SERVICE_KEYS = frozenset({"file", "schema", "self", "tags", "virtual_size", "dir
                           "locations", "stores", "os_hidden", "properties", "deleted",
                           "deleted_at"})
 
-#: Image states in which the data can be read.
+#: Image states of an image deleted or being deleted: its data cannot be read.
 DELETED_STATES = frozenset({"deleted", "pending_delete", "killed"})
 
 
@@ -101,3 +101,9 @@ def split_info(image_info: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
         if not isinstance(value, str):
             raise ImageBadRequest(f"property '{key}' must be a string, not {type(value).__name__}")
     return fields, props
+
+
+def tags_changed(tags: Iterable[str], add: Iterable[str], remove: Iterable[str]) -> list[str]:
+    """A record's ``tags`` with ``add`` added and ``remove`` taken out: the new
+    list an ``update`` takes."""
+    return sorted((set(tags) | set(add)) - set(remove))

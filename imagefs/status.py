@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .cache.keys import BlockKey
 
 
 def snapshot(fs, blocks, memory, disk, service: str, started: float) -> dict[str, Any]:
@@ -23,7 +22,7 @@ def snapshot(fs, blocks, memory, disk, service: str, started: float) -> dict[str
     images = []
     for image in fs.known_images():
         ref = image.ref
-        key = BlockKey(ref.id, ref.version, blocks.block_size, 0)
+        key = blocks.key(ref, 0)
         cached = held.get(disk.image_dir(key), 0) if disk is not None else 0
         fetched = blocks.fetched_by_image.get(ref.id, 0)
         path = blocks.path(ref.id)

@@ -19,7 +19,6 @@ sent (0 expected) and the OSD read, counted by the servers.  Needs root.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
-from bench import ALICE, Mount, drop_page_cache  # noqa: E402
+from benchlib import MiB, Mount, Placement, drop_page_cache, upload_random_raw  # noqa: E402
 from ceph_cluster import CephCluster  # noqa: E402
 from glance_server import GlanceServer  # noqa: E402
 
@@ -40,7 +39,9 @@ from imagefs.api import API  # noqa: E402
 from imagefs.config import parse_size  # noqa: E402
 from imagefs.drivers.glance import GlanceDriver  # noqa: E402
 
-MiB = 1 << 20
+
+#: The mount and the commands run wherever the kernel puts them (not pinned).
+ANYWHERE = Placement(pinned=False)
 
 
 def osd_read(ceph: CephCluster) -> int:
@@ -60,13 +61,7 @@ def main() -> int:
     try:
         glance.start()
         api = API(GlanceDriver(glance.url, timeout=120))
-        source = work / "image.raw"
-        with open(source, "wb") as f:
-            for _ in range(size // MiB):
-                f.write(os.urandom(MiB))
-        with open(source, "rb") as f:
-            image = api.create(ALICE, {"name": "bench-rbd", "disk_format": "raw",
-                                       "container_format": "bare"}, data=f)
+        image_id = upload_random_raw(api, work / "image.raw", size, "bench-rbd")
         key = ("--id", "imagefs", "--keyring", str(ceph.keyring("imagefs")),
                "-c", str(ceph.conf_path))
         direct = ("--ceph-conf", str(ceph.conf_path), "--ceph-user", "imagefs",
@@ -75,19 +70,19 @@ def main() -> int:
         for pair in range(args.pairs):
             drop_page_cache()
             start = time.perf_counter()
-            subprocess.run(["rbd", *key, "export", f"images/{image['id']}@snap", "-"],
+            subprocess.run(["rbd", *key, "export", f"images/{image_id}@snap", "-"],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             export.append(time.perf_counter() - start)
 
             for times, extra in ((mounted, ()), (no_disk, ("--cache-size", "0"))):
-                m = Mount(work, glance, work / f"cache-{pair}-{len(extra)}", "alice-token",
-                          "256M", *direct, *extra)
+                m = Mount(work, glance, ANYWHERE, work / f"cache-{pair}-{len(extra)}",
+                          "alice-token", "256M", *direct, *extra)
                 try:
                     drop_page_cache()
                     glance.reset()
                     before = osd_read(ceph)
                     start = time.perf_counter()
-                    subprocess.run(["dd", f"if={m.data(image['id'])}", "of=/dev/null",
+                    subprocess.run(["dd", f"if={m.data(image_id)}", "of=/dev/null",
                                     "bs=1M"], check=True, capture_output=True)
                     times.append(time.perf_counter() - start)
                     sent.append(glance.stats()["data_bytes"])

@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
 import guest  # noqa: E402
-from bench import ALICE, Mount, Placement, drop_page_cache  # noqa: E402
+from benchlib import Mount, Placement, drop_page_cache, upload_file  # noqa: E402
 from glance_server import GlanceServer  # noqa: E402
 
 from imagefs.api import API  # noqa: E402
@@ -177,10 +177,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="imagefs-boot-bench.") as tmp:
         work = Path(tmp)
         with GlanceServer(work / "glance") as glance:
-            with open(raw, "rb") as f:
-                image_id = API(GlanceDriver(glance.url)).create(
-                    ALICE, {"name": "boot-bench", "disk_format": "raw",
-                            "container_format": "bare"}, data=f)["id"]
+            image_id = upload_file(API(GlanceDriver(glance.url)), raw, "boot-bench")
             links = {f"link {args.rate:g} MB/s": args.rate * MB, "no limit": None}
             results = {link: [] for link in links}
             try:

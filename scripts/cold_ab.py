@@ -31,8 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "scripts"), str(ROOT)]
 
-from bench import (Mount, Placement, cold_client, curl_cmd, dd_cmd, new_cache,  # noqa: E402
-                   pinning_unavailable, prepare, store_file, timed_cpu, upload_random_raw)
+from benchlib import (Mount, Placement, cold_client, curl_cmd, dd_cmd,  # noqa: E402
+                      new_cache, pinning_unavailable, prepare, store_file, timed_cpu,
+                      upload_random_raw)
 from glance_server import GlanceServer  # noqa: E402
 
 from imagefs.api import API  # noqa: E402

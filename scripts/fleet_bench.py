@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
 import guest
-from bench import ALICE, Mount
+from benchlib import ALICE, Mount
 from boot_bench import (
     ANYWHERE,
     MB,

@@ -80,8 +80,10 @@ def overlay(backing: Path, fmt: str, path: Path) -> Path:
 
 
 def boot(disk: Path, workdir: Path, *, accel: str, fmt: str = "qcow2",
-         timeout: float = BOOT_TIMEOUT, on_marker=None) -> Boot:
+         timeout: float = BOOT_TIMEOUT, on_marker=None, cache: str | None = None) -> Boot:
     """Boot ``disk`` (format ``fmt``; give it an overlay: the guest writes) under ``accel``.
+    ``cache``: the drive's cache mode (``none``: O_DIRECT, as Nova's libvirt driver
+    chooses; its backing files inherit it); qemu's default when None.
 
     qemu's console, trace and messages go to files in ``workdir``; ``on_marker()``
     is called when the marker appears (before the guest has powered off).
@@ -92,7 +94,7 @@ def boot(disk: Path, workdir: Path, *, accel: str, fmt: str = "qcow2",
         f.unlink(missing_ok=True)
     cmd = [QEMU, "-accel", accel, "-m", "512", "-nodefaults", "-display", "none",
            "-no-reboot", "-serial", f"file:{console}",
-           "-drive", f"file={disk},format={fmt},if=virtio",
+           "-drive", f"file={disk},format={fmt},if=virtio" + (f",cache={cache}" if cache else ""),
            "-trace", "enable=bdrv_open_common", "-trace", "enable=bdrv_co_preadv_part",
            "-D", str(trace)]
     with open(stderr, "w+") as err:

@@ -36,9 +36,7 @@ def test_signatures_are_the_seeds():
     assert shape("get_all") == [("context", pos, None), ("kwargs", "VAR_KEYWORD", None)]
     assert shape("update") == [("context", pos, None), ("id_or_uri", pos, None),
                                ("image_info", pos, None), ("data", pos, None),
-                               ("purge_props", pos, False),  # the seed's; then keywords only:
-                               ("add_tags", "KEYWORD_ONLY", ()),
-                               ("remove_tags", "KEYWORD_ONLY", ())]
+                               ("purge_props", pos, False)]
 
 
 # ---- create / get -----------------------------------------------------------------
@@ -102,14 +100,25 @@ def test_records_keep_tags_protected_hidden_and_virtual_size(backend, tag):
     assert api.get(ALICE, image["id"])["protected"] is False
 
 
-def test_tags_are_added_and_removed_one_by_one(backend, tag):
+def test_tags_are_the_records_full_list(backend, tag):
     api = backend.api
-    image = make_image(api, ALICE, tag, tags=["a"])
-    changed = api.update(ALICE, image["id"], {}, add_tags=["b", "c"], remove_tags=["a", "zz"])
+    image = make_image(api, ALICE, tag, tags=["a", "b"])
+    changed = api.update(ALICE, image["id"], {"tags": ["b", "c"]})
     assert changed["tags"] == ["b", "c"]
-    assert api.update(ALICE, image["id"], {"tags": ["d"]})["tags"] == ["d"]
+    assert api.get(ALICE, image["id"])["tags"] == ["b", "c"]
+    assert api.update(ALICE, image["id"], {"tags": []})["tags"] == []
     with pytest.raises(errors.ImageBadRequest, match="tags"):
-        api.update(ALICE, image["id"], {}, add_tags=[""])
+        api.update(ALICE, image["id"], {"tags": [""]})
+
+
+def test_tags_change_alongside_fields_and_properties(backend, tag):
+    api = backend.api
+    image = make_image(api, ALICE, tag, tags=["a"], properties={"p": "1", "q": "2"})
+    changed = api.update(ALICE, image["id"], {"name": f"{tag}-renamed", "tags": ["z"],
+                                              "properties": {"p": "3", "test_tag": tag}},
+                         purge_props=True)
+    assert (changed["name"], changed["tags"], changed["properties"]) == \
+        (f"{tag}-renamed", ["z"], {"p": "3", "test_tag": tag})
 
 
 def test_listing_by_tags_and_hidden_images(backend, tag):

@@ -157,6 +157,24 @@ def test_the_kernels_immediate_reread_of_a_failed_block_fails_at_once():
     assert took <= DEADLINE + 0.5
 
 
+def test_without_the_grace_a_reread_of_a_failed_block_fetches_it_again():
+    # An O_DIRECT reader's re-read is the application's, not the kernel's: once the
+    # service is back it gets its bytes, though the block failed a moment ago.
+    data = data_of(4 * BS)
+    source = FakeSource(data)
+    source.stall()
+
+    async def body(reader, image):
+        with pytest.raises(BackendUnavailable):
+            await reader.read(image, 0, 10, grace=False)
+        source.release()
+        start = trio.current_time()
+        assert await reader.read(image, 0, 10, grace=False) == data[:10]
+        return trio.current_time() - start
+
+    assert run(source, body) < FAILURE_GRACE
+
+
 def test_a_reader_with_time_left_fetches_again_when_an_earlier_readers_fetch_fails():
     data = data_of(4 * BS)
     source = FakeSource(data)
@@ -326,24 +344,6 @@ def test_direct_bytes_that_fail_the_image_hash_are_dropped_and_read_through_the_
     assert again == data  # dropped, then fetched from the service
     assert opened == [True, False]
     assert "DO NOT MATCH" in caplog.text
-
-
-def test_a_long_stream_logs_its_progress_now_and_then(monkeypatch, caplog):
-    import logging
-
-    from imagefs import blocks as blocks_module
-    monkeypatch.setattr(blocks_module, "PROGRESS_EVERY", 0.0)  # a line per block, here
-    data = data_of(40 * BS)
-    source = FakeSource(data)
-
-    async def body(reader, image):
-        reader.prefetch(image, 0, len(data))
-        assert await reader.read(image, len(data) - 1, 1) == data[-1:]
-
-    with caplog.at_level(logging.INFO, logger="imagefs.blocks"):
-        run(source, body)
-    lines = [r.getMessage() for r in caplog.records if "streaming, at" in r.getMessage()]
-    assert lines and lines[-1].startswith("image img: streaming, at 2 of 2 MiB")
 
 
 @pytest.mark.parametrize("when", ["caught-up", "at-close"])

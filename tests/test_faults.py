@@ -92,6 +92,27 @@ def test_a_stall_answers_eio_within_the_read_deadline_buffered_and_direct(
         os.close(fd)
 
 
+def test_an_o_direct_reread_right_after_an_outage_gets_its_bytes(mounted, image, glance_clean):
+    """The failure grace answers the kernel's immediate re-read of a failed buffered
+    page; an O_DIRECT reader gets no such re-read, so its next read, once the
+    service is back, must fetch the block, not fail at once."""
+    m = mounted("--read-deadline", "2")
+    data = m.image(image["id"]) / "data"
+
+    def dd(skip=21):
+        return subprocess.run(["dd", f"if={data}", "of=/dev/stdout", "bs=1M", f"skip={skip}",
+                               "count=1", "iflag=direct", "status=none"], capture_output=True)
+    assert dd(skip=0).stdout == image["bytes"][:MiB]  # looked up and open before the outage
+    glance_clean.faults(down=True)
+    failed = dd()
+    assert failed.returncode != 0 and b"Input/output error" in failed.stderr
+    glance_clean.faults()
+    again, took = timed(dd)
+    print(f"\nO_DIRECT re-read right after the outage: {took:.2f} s")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == image["bytes"][21 * MiB:22 * MiB]
+
+
 def test_a_direct_whole_image_read_under_connection_resets_is_byte_exact(
         mounted, image, glance_clean, tmp_path):
     m = mounted()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import errno
+import os
 
 import pyfuse3
 import pytest
 import trio
 
 from imagefs import errors
-from imagefs.fs import Attr, FsError
+from imagefs.errors import FsError
+from imagefs.fs import Attr
 from imagefs.fuse_ops import FuseOps, errno_for
 
 
@@ -30,7 +32,7 @@ class BrokenFS:
     async def read(self, fh, off, size):
         raise self.exc
 
-    async def open(self, ino, writable):
+    async def open(self, ino, writable, direct=False):  # ImageFS.open's signature
         raise self.exc
 
 
@@ -70,8 +72,20 @@ def test_a_vanished_image_is_estale_for_reads_of_open_files():
     assert errno_for(errors.ImageNotFound("x"), reading=True) == errno.ESTALE
 
 
+def test_only_reads_turn_a_vanished_image_into_estale():
+    ops = FuseOps(BrokenFS(errors.ImageNotFound("deleted")))
+
+    async def main():
+        for call in (ops.open(5, os.O_RDONLY | os.O_DIRECT, None), ops.getattr(5, None),
+                     ops.lookup(1, b"x", None)):
+            with pytest.raises(pyfuse3.FUSEError) as e:
+                await call
+            assert e.value.errno == errno.ENOENT
+    trio.run(main)
+
+
 @pytest.mark.parametrize("name", ["write", "create", "mkdir", "unlink", "rmdir", "rename",
-                                  "setattr", "symlink", "link", "mknod", "setxattr",
+                                  "symlink", "link", "mknod", "setxattr",
                                   "removexattr"])
 def test_changes_are_refused_read_only(name):
     ops = FuseOps(BrokenFS(RuntimeError()))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imagefs import profile_record
+from imagefs.commands import profile_record
 from imagefs.errors import ConfigError
 
 DISK, CONSOLE = Path("/tmp/top.qcow2"), Path("/tmp/console.txt")

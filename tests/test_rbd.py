@@ -207,14 +207,10 @@ def test_a_key_without_read_access_falls_back_with_the_reason(
 
 
 def test_an_image_in_another_cluster_is_read_through_glance(images, ceph, glance_rbd, caplog):
-    class Service:  # the image's record, as a Glance of another cluster would give it
-        def get(self, ctx, image_id, include_locations=False):
-            return {"locations": [{"url": f"rbd://{uuid.uuid4()}/images/{image_id}/snap"}]}
+    def locations(image_id):  # as a Glance of another cluster would give them
+        return [{"url": f"rbd://{uuid.uuid4()}/images/{image_id}/snap"}]
 
-        def source(self, ctx, image_id):
-            return "the service's source"
-
-    chooser = SourceChooser(Service(), ALICE, DirectOptions(
+    chooser = SourceChooser(lambda image_id: "the service's source", locations, DirectOptions(
         ceph=CephOptions(str(ceph.conf_path), "imagefs", str(ceph.keyring("imagefs")))))
     try:
         with caplog.at_level(logging.WARNING):

@@ -94,3 +94,22 @@ def test_a_stream_at_its_limit_reads_no_further_and_lets_its_response_go(monkeyp
     assert source.log == [(0, 8 * BS), (8 * BS, 16 * BS)]  # past the limit: twice its room ...
     # ... and read only to it (cut_blocks takes one chunk past the last block it completes)
     assert source.sent <= 12 * BS + CHUNK
+
+
+# ---- StreamSet: a stream run for a reader ----------------------------------------------
+def test_a_long_stream_logs_its_progress_now_and_then(monkeypatch, caplog):
+    import logging
+
+    from test_blocks import data_of, run
+    monkeypatch.setattr(streams, "PROGRESS_EVERY", 0.0)  # a line per block, here
+    data = data_of(40 * BS)
+    source = FakeSource(data)
+
+    async def body(reader, image):
+        reader.prefetch(image, 0, len(data))
+        assert await reader.read(image, len(data) - 1, 1) == data[-1:]
+
+    with caplog.at_level(logging.INFO, logger="imagefs.streams"):
+        run(source, body)
+    lines = [r.getMessage() for r in caplog.records if "streaming, at" in r.getMessage()]
+    assert lines and lines[-1].startswith("image img: streaming, at 2 of 2 MiB")

@@ -35,11 +35,11 @@ class Driver(Protocol):
 
     def update(self, ctx: RequestContext, image_id: str, fields: Mapping[str, Any],
                props: Mapping[str, str], purge_props: bool) -> Record:
-        """Change fields and properties; with ``purge_props`` drop the others."""
+        """Change fields and properties; with ``purge_props`` drop the others.
 
-    def change_tags(self, ctx: RequestContext, image_id: str, add: Iterable[str],
-                    remove: Iterable[str]) -> None:
-        """Add and remove tags, one at a time; a tag already there (or absent) is fine."""
+        ``fields['tags']``, when given, is the image's new list of tags: the
+        driver works out what to add and remove (Glance: one tag call each,
+        so that others' changes to other tags are kept)."""
 
     def delete(self, ctx: RequestContext, image_id: str) -> None:
         """Delete the image; afterwards it is not found."""

@@ -55,7 +55,8 @@ from ..records import make_record
 log = logging.getLogger(__name__)
 
 CHUNK = 256 << 10
-_IMAGE_PATH = re.compile(r"^(?P<base>.*?)/v2/images/(?P<id>[0-9a-fA-F-]{32,36})/?$")
+#: An image URI's path; the API checks the id.
+_IMAGE_PATH = re.compile(r"^(?P<base>.*?)/v2/images/(?P<id>[^/]+)/?$")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -350,16 +351,25 @@ class GlanceDriver:
             self._images(ctx).upload(image_id, _IterReader(chunks))
 
     def update(self, ctx, image_id, fields, props, purge_props) -> dict:
-        remove = []
-        if purge_props:
-            current = self.get(ctx, image_id, False)["properties"]
-            remove = [k for k in current if k not in props]
-        with self._asking(ctx, f"updating image {image_id}"), _schema_errors():
-            raw = dict(self._images(ctx).update(image_id, remove_props=remove or None,
-                                                **fields, **props))
-        return make_record(raw)
+        fields = dict(fields)
+        tags = fields.pop("tags", None)
+        current = self.get(ctx, image_id, False) if purge_props or tags is not None else None
+        record = None
+        if fields or props or purge_props:
+            remove = [k for k in current["properties"] if k not in props] if purge_props else []
+            with self._asking(ctx, f"updating image {image_id}"), _schema_errors():
+                raw = dict(self._images(ctx).update(image_id, remove_props=remove or None,
+                                                    **fields, **props))
+            record = make_record(raw)
+        if tags is not None:
+            # Tag by tag (Glance's tag calls), so that tags others add or remove at
+            # the same time, other than these, are kept.
+            old = set(current["tags"])
+            self._change_tags(ctx, image_id, sorted(set(tags) - old), sorted(old - set(tags)))
+            record = self.get(ctx, image_id, False)
+        return record
 
-    def change_tags(self, ctx, image_id, add, remove) -> None:
+    def _change_tags(self, ctx, image_id, add, remove) -> None:
         tags = self._clients(ctx)[2].image_tags
         with self._asking(ctx, f"tagging image {image_id}"):
             for tag in add:

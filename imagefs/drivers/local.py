@@ -34,19 +34,18 @@ import fcntl
 import hashlib
 import json
 import os
-import re
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
+from ..atomic import WholeFile, write_whole
 from ..context import RequestContext
 from ..errors import (ImageBadRequest, ImageConflict, ImageNoData, ImageNotAuthorized,
                       ImageNotFound, ImageProtected)
+from ..ids import is_image_id
 from ..records import DELETED_STATES, FIELDS, make_record
 
 URI_SCHEME = "imagefs-local"
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 DISK_FORMATS = {"ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop"}
 CONTAINER_FORMATS = {"ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed"}
 VISIBILITIES = {"public", "private", "shared", "community"}
@@ -61,20 +60,6 @@ def default_store_dir() -> Path:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 class LocalDriver:
@@ -99,7 +84,7 @@ class LocalDriver:
         return None
 
     def _paths(self, image_id: str) -> tuple[Path, Path]:
-        if not _UUID.match(image_id):  # also keeps ids from naming other files
+        if not is_image_id(image_id):  # also keeps ids from naming other files
             raise ImageNotFound(f"no image {image_id!r}")
         return self.images / f"{image_id}.json", self.images / f"{image_id}.data"
 
@@ -122,7 +107,7 @@ class LocalDriver:
 
     def _save(self, raw: Mapping[str, Any]) -> None:
         meta, _ = self._paths(raw["id"])
-        _write_atomic(meta, json.dumps(raw, indent=1, sort_keys=True).encode())
+        write_whole(meta, json.dumps(raw, indent=1, sort_keys=True).encode(), sync=True)
 
     @staticmethod
     def _visible(ctx: RequestContext, raw: Mapping[str, Any]) -> bool:
@@ -226,29 +211,23 @@ class LocalDriver:
             raise ImageConflict(f"image {image_id} is {raw['status']}; data can be "
                                 "uploaded only to a queued image")
         md5, sha512, size = hashlib.md5(), hashlib.sha512(), 0
-        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=f"{image_id}-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-                    md5.update(chunk)
-                    sha512.update(chunk)
-                    size += len(chunk)
-                f.flush()
-                os.fsync(f.fileno())
+        with WholeFile(self._paths(image_id)[1], sync=True, directory=self.tmp) as f:
+            for chunk in chunks:
+                f.write(chunk)
+                md5.update(chunk)
+                sha512.update(chunk)
+                size += len(chunk)
+            f.finish()
             with self._locked():
                 raw = self._load_for(ctx, image_id, write=True)
                 if raw["status"] != "queued":
                     raise ImageConflict(f"image {image_id} is {raw['status']}")
-                os.replace(tmp, self._paths(image_id)[1])
+                f.commit()
                 raw.update(status="active", size=size, checksum=md5.hexdigest(),
                            os_hash_algo="sha512", os_hash_value=sha512.hexdigest(),
                            virtual_size=size if raw.get("disk_format") == "raw" else None,
                            updated_at=_now())
                 self._save(raw)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
 
     def update(self, ctx, image_id, fields, props, purge_props) -> dict:
         self._check(fields)
@@ -265,15 +244,6 @@ class LocalDriver:
             raw["updated_at"] = _now()
             self._save(raw)
         return make_record(raw)
-
-    def change_tags(self, ctx, image_id, add, remove) -> None:
-        with self._locked():
-            raw = self._load_for(ctx, image_id, write=True)
-            if raw["status"] in DELETED_STATES:
-                raise ImageNotFound(f"image {image_id} is deleted")
-            raw["tags"] = sorted((set(raw.get("tags") or ()) | set(add)) - set(remove))
-            raw["updated_at"] = _now()
-            self._save(raw)
 
     def delete(self, ctx, image_id) -> None:
         with self._locked():

@@ -14,27 +14,33 @@ business.  Each kind lives in a module of its own and raises only
 
 A source is blocking (the mount calls it from worker threads) and thread
 safe.  Its two reads are single tries; retrying, and choosing another way
-when ``RangesRefused`` says a store cannot seek, are the caller's decisions
-(``imagefs.blocks``).
+when ``RangesRefused`` says a store cannot seek, are the caller's decisions:
+the mount's (``imagefs.blocks``, which remembers it per image), and for the
+API and downloads ``stream_at`` here, the one place that answers it there.
+
+Kinds are named by the constants below (a service source's kind is its
+driver's name); nothing else spells them.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
-from ..errors import BackendUnavailable, ImagefsError
+from ..errors import BackendUnavailable, RangesRefused
 
+#: Source kinds: the image service's (``GLANCE``, ``LOCAL``: the driver's name) and
+#: the direct ones, read straight from the image's store.
+GLANCE, LOCAL, RBD, FILE = "glance", "local", "rbd", "file"
+
+#: Sources whose bytes bypass the image service: a whole read of them is checked
+#: against the image's hash (Glance checks its own).
+DIRECT_KINDS = frozenset({RBD, FILE})
 
 #: Kinds of source whose every request costs the service much more than its bytes
-#: (Glance's API: authentication, database and policy on each, ~10 ms of CPU): a
-#: stream asks them for long ranges (``imagefs.streams``).
-COSTLY_REQUESTS = frozenset({"glance"})
-
-
-class Unusable(ImagefsError):
-    """A direct source cannot serve this image (the message says why): read it
-    through the image service instead."""
+#: (Glance's API: authentication, database and policy on each): a stream asks
+#: them for long ranges (``imagefs.streams``).
+COSTLY_REQUESTS = frozenset({GLANCE})
 
 
 class Source(Protocol):
@@ -83,3 +89,34 @@ def skip_bytes(chunks: Iterable[bytes], skip: int) -> Iterator[bytes]:
             skip = 0
     if skip:
         raise BackendUnavailable(f"the stream ended {skip} bytes before the offset asked for")
+
+
+def stream_at(open_stream: Callable[[int, "int | None"], Iterable[bytes]], offset: int,
+              end: int | None = None) -> Iterator[bytes]:
+    """Bytes ``[offset, end)`` from ``open_stream(offset, end)``; where the store
+    refuses ranges (``RangesRefused``), from ``open_stream(0, None)``, skipped
+    forward to ``offset`` (``BackendUnavailable`` if it ends before, when
+    ``end`` is None) and cut at ``end`` (fewer bytes where the image ends).
+
+    ``open_stream`` must refuse at once, as drivers' ``open_stream`` do (the
+    answer to a ranged request is its status line).
+    """
+    try:
+        return iter(open_stream(offset, end))
+    except RangesRefused:
+        if end is None:
+            return skip_bytes(open_stream(0, None), offset)
+        return _part(open_stream(0, None), offset, end)
+
+
+def _part(chunks: Iterable[bytes], offset: int, end: int) -> Iterator[bytes]:
+    """Bytes ``[offset, end)`` of ``chunks``, which start at the image's start;
+    not a chunk more is asked of the store than needed."""
+    position = 0
+    with closing(chunks) as it:
+        for chunk in it if end > offset else ():
+            if position + len(chunk) > offset:
+                yield chunk[max(0, offset - position):end - position]
+            position += len(chunk)
+            if position >= end:
+                return

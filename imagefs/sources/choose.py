@@ -14,6 +14,12 @@ because of the direct path.
 
 Glance still answers every metadata call and decides visibility: the
 locations are asked for with the reader's own credentials.
+
+The chooser is given, at construction, the two things it needs from the
+image service as callables (the service's source for an image, and the
+image's locations), bound to the reader's credentials by whoever builds it
+(``imagefs.connect.open_chooser``): so ``sources`` never imports the API
+above it.
 """
 
 from __future__ import annotations
@@ -21,23 +27,28 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
-from ..api import API
 from ..context import RequestContext
-from ..errors import ImagefsError
-from . import Source, Unusable
+from ..errors import ConfigError, ImagefsError, Unusable
+from . import DIRECT_KINDS, FILE, RBD, Source
 from .file import FileSource
 from .rbd import CephOptions, RbdCluster, RbdLocation, available
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("rbd", "file")
+SCHEMES = (RBD, FILE)
+
+#: service(image_id): the image service's source for the image.
+ServiceOpener = Callable[[str], Source]
+#: locations(image_id): the image's ``locations`` (Glance's list of ``{"url": ...}``);
+#: any ``ImagefsError`` means the service is read instead.
+Locations = Callable[[str], "list[dict[str, Any]]"]
 
 
 @dataclasses.dataclass(frozen=True)
 class DirectOptions:
-    schemes: frozenset[str] = frozenset({"rbd"})   # --direct
+    schemes: frozenset[str] = frozenset({RBD})   # --direct
     ceph: CephOptions = CephOptions()
 
     @staticmethod
@@ -48,7 +59,6 @@ class DirectOptions:
             return frozenset()
         unknown = names - set(SCHEMES)
         if unknown or not names:
-            from ..errors import ConfigError
             raise ConfigError(f"--direct takes {', '.join(SCHEMES)} or none (comma-separated), "
                               f"not {text!r}")
         return frozenset(names)
@@ -106,14 +116,14 @@ class _Fallback:
 
 
 class SourceChooser:
-    def __init__(self, api: API, ctx: RequestContext, options: DirectOptions):
-        self.api, self.ctx, self.options = api, ctx, options
-        self._cluster = RbdCluster(options.ceph) if "rbd" in options.schemes else None
+    def __init__(self, service: ServiceOpener, locations: Locations, options: DirectOptions):
+        self.service, self.locations, self.options = service, locations, options
+        self._cluster = RbdCluster(options.ceph) if RBD in options.schemes else None
 
     def warns(self) -> bool:
         """Whether the direct path is off though this host looks meant for it: a
         Ceph conf exists, the bindings do not."""
-        return "rbd" in self.options.schemes and not available() and \
+        return RBD in self.options.schemes and not available() and \
             bool(self.options.ceph.conf)
 
     def describe(self) -> str:
@@ -121,7 +131,7 @@ class SourceChooser:
         if not self.options.schemes:
             return "direct reads off (--direct none)"
         parts = []
-        if "rbd" in self.options.schemes:
+        if RBD in self.options.schemes:
             ceph = self.options.ceph
             if not available():
                 parts.append("rbd off: the Ceph bindings (python3-rbd, python3-rados) are "
@@ -131,7 +141,7 @@ class SourceChooser:
                 parts.append("rbd off: no Ceph configuration")
             else:
                 parts.append(f"rbd through {ceph.conf} as client.{ceph.user}")
-        if "file" in self.options.schemes:
+        if FILE in self.options.schemes:
             parts.append("file:// locations read directly")
         return "; ".join(parts)
 
@@ -144,17 +154,17 @@ class SourceChooser:
     def open(self, image_id: str, size: int, direct: bool = True) -> Source:
         """The source for an image (blocking: it may ask the service and Ceph);
         with ``direct`` False, the service's."""
-        service = self.api.source(self.ctx, image_id)
+        service = self.service(image_id)
         if not self.options.schemes or not direct:
             return service
         try:
-            record = self.api.get(self.ctx, image_id, include_locations=True)
+            locations = self.locations(image_id)
         except ImagefsError as exc:
             log.warning("image %s: cannot get its locations (%s); reading through the "
                         "image service", image_id, exc)
             return service
         reasons = []
-        for location in record.get("locations") or []:
+        for location in locations or []:
             url = location.get("url") or ""
             scheme = url.partition(":")[0]
             if scheme not in self.options.schemes:
@@ -173,9 +183,12 @@ class SourceChooser:
 
     def open_direct(self, ctx: RequestContext, image_id: str, size: int) -> Source | None:
         """A direct source for the image, or None (``API``'s ``direct`` hook, for
-        downloads; ``ctx`` must be the chooser's)."""
+        downloads; ``ctx`` must be the one the chooser's callables are bound to)."""
         source = self.open(image_id, size)
-        return source if source.kind in ("rbd", "file") else None
+        if source.kind in DIRECT_KINDS:
+            return source
+        source.close()
+        return None
 
     def _open_direct(self, url: str, size: int) -> Source:
         if url.startswith("rbd://"):

@@ -16,8 +16,8 @@ import threading
 import urllib.parse
 from typing import Iterator
 
-from ..errors import BackendUnavailable
-from . import Unusable
+from ..errors import BackendUnavailable, Unusable
+from . import FILE
 
 CHUNK = 4 << 20
 
@@ -25,13 +25,13 @@ CHUNK = 4 << 20
 def path_of(url: str) -> str | None:
     """The local path of a ``file://`` URL (no host, or localhost), else None."""
     parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+    if parsed.scheme != FILE or parsed.netloc not in ("", "localhost"):
         return None
     return urllib.parse.unquote(parsed.path) or None
 
 
 class FileSource:
-    kind = "file"
+    kind = FILE
 
     def __init__(self, fd: int, path: str, size: int):
         self.fd, self.path, self.size = fd, path, size

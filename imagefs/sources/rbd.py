@@ -38,8 +38,8 @@ import threading
 import urllib.parse
 from typing import Iterator, Mapping
 
-from ..errors import BackendUnavailable, ImagefsError
-from . import Unusable
+from ..errors import BackendUnavailable, ImagefsError, Unusable
+from . import RBD
 
 try:  # Debian's bindings, linked into the venv by scripts/setup
     import rados
@@ -49,7 +49,7 @@ except ImportError:  # pragma: no cover - depends on the host
 
 log = logging.getLogger(__name__)
 
-#: Bytes per read in a stream: the default block size, so that each read is a block.
+#: Bytes per read in a stream (four of the default 256 KiB blocks; a read is cut into blocks).
 STREAM_PIECE = 1 << 20
 #: Reads a stream keeps in flight.
 STREAM_DEPTH = 8
@@ -160,8 +160,8 @@ class RbdCluster:
         return ioctx
 
     def connect(self) -> None:
-        """Connect now rather than at the first open (30 ms of a first read here).
-        A failure is kept, as at an open: each image's first open then gives
+        """Connect now rather than at the first open, whose read would wait for it
+        (docs/performance.md, "Figures moved out of the code").  A failure is kept, as at an open: each image's first open then gives
         the reason and reads through the image service."""
         with self._lock:
             try:
@@ -195,7 +195,7 @@ class RbdCluster:
 class RbdSource:
     """One RBD snapshot, read-only; reopened after a failed read."""
 
-    kind = "rbd"
+    kind = RBD
 
     def __init__(self, ioctx, location: RbdLocation, size: int):
         self.ioctx, self.location, self.size = ioctx, location, size

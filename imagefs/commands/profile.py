@@ -4,23 +4,25 @@
 directory (``imagefs.profiles``) and, when an image service is named (the
 mount's options: ``--os-cloud``, ``OS_*``, ``--store``), the ones published
 through it (``imagefs.profiles_published``) that the credentials' project
-owns.  ``record`` is ``imagefs.profile_record``'s.
+owns.  ``record`` is ``imagefs.commands.profile_record``'s.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
+from ..config import default_cache_dir
+from ..errors import ImageNotFound
+from ..output import print_table
+from ..profiles import ProfileStore
+from ..progress import human
 from . import profile_record
-from .config import default_cache_dir
-from .errors import ImageNotFound
-from .output import print_table
-from .profiles import ProfileStore
-from .progress import human
 
 
-def add_arguments(top, fmt, svc=None) -> None:
+def add_arguments(top, fmt: argparse.ArgumentParser,
+                  svc: argparse.ArgumentParser | None = None) -> None:
     p = top.add_parser("profile", help="boot profiles: what boots of an image read")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     parents = [fmt] + ([svc] if svc is not None else [])
@@ -39,9 +41,8 @@ def add_arguments(top, fmt, svc=None) -> None:
     profile_record.add_arguments(sub)
 
 
-def _where():
-    import argparse
-
+def _where() -> argparse.ArgumentParser:
+    """``--profile-dir`` or ``--cache-dir``: where the mount keeps its profiles."""
     parser = argparse.ArgumentParser(add_help=False)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--profile-dir", metavar="DIR",
@@ -58,8 +59,8 @@ def _stores(args):
         Path(args.cache_dir or default_cache_dir()) / "profiles"
     published = None
     if hasattr(args, "os_cloud"):
-        from .connect import is_explicit, open_api, service_options
-        from .profiles_published import PublishedProfiles
+        from ..connect import is_explicit, open_api, service_options
+        from ..profiles_published import PublishedProfiles
 
         opts = service_options(args)
         if is_explicit(opts):

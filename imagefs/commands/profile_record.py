@@ -2,7 +2,8 @@
 each host is a profiled one.
 
 ``imagefs profile record MOUNTPOINT ID|NAME [--window S] [--publish]`` asks the
-mount's daemon (control socket, ``imagefs.control``) to record the image's
+mount's daemon (control socket, ``imagefs.control``; its side is
+``imagefs.profilectl``) to record the image's
 reads from now on (``profile-record``), boots the image in a throw-away qemu
 from a qcow2 overlay on ``MOUNTPOINT/ID/data`` (no network, no display, the
 serial console into a file), waits until the guest powers off or the window
@@ -32,9 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import control
-from .errors import ConfigError, ImagefsError
-from .progress import human
+from .. import control
+from ..errors import ConfigError, ImagefsError
+from ..progress import human
+from .prefetch import image_id as to_image_id
 
 QEMU = "qemu-system-x86_64"
 BUSES = ("virtio", "scsi", "ide", "sata")
@@ -43,32 +45,8 @@ OVMF_CANDIDATES = ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/ovmf/OVMF.fd",
 #: A KVM qemu that fails this soon is taken for a KVM that does not work here.
 KVM_TRIAL = 5.0
 _KVM_BROKEN = "emulation failure"
-#: Seconds the daemon's recording outlasts the window (the save comes before).
-_MARGIN = 30.0
 
 
-class ProfileOps:
-    """The daemon's side: start a recording, save it now (on the trio thread)."""
-
-    OPS = ("profile-record", "profile-save")
-
-    def __init__(self, fs, profiles):
-        self.fs, self.profiles = fs, profiles
-
-    async def handle(self, request: dict) -> dict:
-        image_id = str(request.get("image", ""))
-        if request["op"] == "profile-save":
-            return await self.profiles.save_now(image_id, bool(request.get("publish")))
-        try:
-            window = float(request.get("window", 120.0))
-        except (TypeError, ValueError):
-            return {"error": f"not a window in seconds: {request.get('window')!r}"}
-        image = (await self.fs._image(image_id)).ref
-        self.profiles.record(image, window + _MARGIN)
-        return {"image": image.id, "version": image.version, "size": image.size}
-
-
-# ---- the command's side (blocking) ---------------------------------------------------
 def add_arguments(sub) -> None:
     r = sub.add_parser("record", help="boot an image once in a throw-away qemu and record "
                                       "its boot profile on the mount")
@@ -160,8 +138,6 @@ def _metadata(mountpoint: Path, image_id: str) -> dict:
 
 
 def run_record(args) -> int:
-    from .prewarm import image_id as to_image_id
-
     if shutil.which(QEMU) is None or shutil.which("qemu-img") is None:
         raise ConfigError(f"profile record needs {QEMU} and qemu-img")
     if args.window <= 0:
