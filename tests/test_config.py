@@ -77,7 +77,7 @@ def _args(**given) -> argparse.Namespace:
     names = ("cache_dir", "cache_size", "cache_min_free", "memory_cache", "block_size",
              "fetch_threads", "readahead", "kernel_readahead", "list_ttl", "record_ttl",
              "read_deadline", "uid", "gid", "file_mode", "dir_mode", "profile_dir",
-             "profile_window")
+             "profile_window", "publish_profiles")
     return argparse.Namespace(**{**{n: None for n in names}, "allow_other": False, **given})
 
 
@@ -90,12 +90,14 @@ def test_options_not_given_leave_mountconfigs_defaults():
 def test_options_given_are_read_as_their_fields():
     config = config_from_args(_args(cache_size="1G", readahead="0", kernel_readahead="1M",
                                     read_deadline=5.0, file_mode="440", uid="", gid="0",
-                                    cache_dir="rel", allow_other=True))
+                                    cache_dir="rel", allow_other=True,
+                                    publish_profiles=False))
     assert config.cache_size == GiB and config.max_readahead == 0
     assert config.read_ahead_kb == 1024 and config.file_mode == 0o440
     assert config.read_deadline == 5.0 and config.retry.deadline == 5.0
     assert config.uid is None and config.gid == 0 and config.allow_other
     assert config.cache_dir.is_absolute() and config.cache_dir.name == "rel"
+    assert config.publish_profiles is False and MountConfig().publish_profiles is True
 
 
 def test_help_defaults_follow_mountconfig(capsys):
@@ -113,6 +115,7 @@ def test_help_defaults_follow_mountconfig(capsys):
                  f"(default {d.read_ahead_kb}K;",
                  f"(default {d.fetch_threads})", f"(default {d.read_deadline:g})",
                  f"(default {d.profile_window:g}; 0 records nothing)",
+                 f"published ones (default {'on' if d.publish_profiles else 'off'};",
                  f"(default {format_mode(d.file_mode)})",
                  f"(default {format_mode(d.dir_mode)})"):
         assert said in text, said

@@ -46,3 +46,36 @@ def test_unknown_buses_and_firmware_are_refused_with_the_reason():
         command(hw_disk_bus="usb")
     with pytest.raises(ConfigError, match="hw_firmware_type 'coreboot'"):
         command(hw_firmware_type="coreboot")
+
+
+def test_the_daemon_side_records_past_the_window_and_refuses_what_is_not_an_id():
+    """``profile-record`` records for the window and a margin (the save comes first);
+    a request naming no image id is answered with an error, nothing recorded."""
+    import types
+
+    import trio
+
+    from imagefs.profilectl import MARGIN, ProfileOps
+
+    image_id = "11111111-1111-4111-8111-111111111111"
+    ref = types.SimpleNamespace(id=image_id, version="v1", size=4096)
+    recorded = []
+
+    async def image_ref(wanted):
+        assert wanted == image_id
+        return ref
+
+    fs = types.SimpleNamespace(image_ref=image_ref)
+    profiles = types.SimpleNamespace(record=lambda image, window: recorded.append(
+        (image, window)))
+    ops = ProfileOps(fs, profiles)
+
+    async def ask():
+        bad = await ops.handle({"op": "profile-record", "image": "../etc", "window": 5})
+        good = await ops.handle({"op": "profile-record", "image": image_id, "window": 5})
+        return bad, good
+
+    bad, good = trio.run(ask)
+    assert bad == {"error": "not an image id: '../etc'"}
+    assert good == {"image": image_id, "version": "v1", "size": 4096}
+    assert recorded == [(ref, 5 + MARGIN)]
