@@ -25,8 +25,6 @@ image, are listed with an unknown id and removed only by ``purge``.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import re
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any
 from . import control
 from .cache.directory import is_tagged
 from .cache.inventory import CachedImage, read_cache, remove_image_dir
+from .cachelock import holder, try_lock
 from .errors import ConfigError, ImagefsError, ImageNotFound
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -113,14 +112,14 @@ def run(action: str, ids: list[str], cache_dir: Path | None, mountpoint: Path | 
                                **fields)
     assert cache_dir is not None
     blocks = _cache_blocks(cache_dir)
-    fd = _try_lock(cache_dir)
+    fd = try_lock(cache_dir)
     if fd is None:  # a mount holds it: ask that mount
         try:
             return control.request(cache_dir / control.SOCKET_NAME, f"cache-{action}",
                                    **fields)
         except ConfigError as exc:
             raise ConfigError(f"cache directory {cache_dir} is in use by an imagefs mount "
-                              f"(pid {_holder(cache_dir)}) that does not answer: {exc}") \
+                              f"(pid {holder(cache_dir)}) that does not answer: {exc}") \
                 from None
     try:
         return _on_directory(action, ids, blocks)
@@ -137,33 +136,6 @@ def _cache_blocks(cache_dir: Path) -> Path:
     if not (is_tagged(cache_dir) or (cache_dir / "blocks").is_dir()):
         raise ConfigError(f"{cache_dir} is not an imagefs cache directory")
     return cache_dir / "blocks"
-
-
-def _try_lock(cache_dir: Path) -> int | None:
-    """The cache's lock, taken (its fd), or None when a mount holds it."""
-    path = cache_dir / "lock"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise ConfigError(f"cannot open {path}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except OSError as exc:
-        os.close(fd)
-        raise ConfigError(f"cannot lock {path}: {exc.strerror}") from None
-    with contextlib.suppress(OSError):  # as a mount does: a refused mount names us
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _holder(cache_dir: Path) -> str:
-    with contextlib.suppress(OSError):
-        return (cache_dir / "lock").read_text().strip() or "?"
-    return "?"
 
 
 def _on_directory(action: str, ids: list[str], blocks: Path) -> dict:

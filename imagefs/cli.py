@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_mount_commands(top, svc) -> None:
     try:
-        from .mount import add_arguments
+        from .commands.mount import add_arguments
     except ImportError:  # the mount needs pyfuse3; the image commands do not
         return
     add_arguments(top, svc)

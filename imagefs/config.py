@@ -133,3 +133,25 @@ class MountConfig:
             raise ConfigError("the read deadline must be > 0 seconds")
         if self.list_ttl < 0 or self.record_ttl < 0:
             raise ConfigError("TTLs must be >= 0 seconds")
+
+
+def config_from_args(args) -> MountConfig:
+    """The settings an ``imagefs mount`` command line gives (``imagefs.commands.mount``)."""
+    kwargs = dict(cache_size=parse_size(args.cache_size),
+                  cache_min_free=parse_free_space(args.cache_min_free),
+                  memory_cache=parse_size(args.memory_cache),
+                  block_size=parse_size(args.block_size), fetch_threads=args.fetch_threads,
+                  max_readahead=parse_size(args.readahead),
+                  read_ahead_kb=parse_size(args.kernel_readahead) // 1024,
+                  list_ttl=args.list_ttl, record_ttl=args.record_ttl,
+                  read_deadline=args.read_deadline, allow_other=args.allow_other,
+                  uid=parse_user(args.uid) if args.uid else None,
+                  gid=parse_group(args.gid) if args.gid else None,
+                  file_mode=parse_mode(args.file_mode), dir_mode=parse_mode(args.dir_mode),
+                  retry=RetryPolicy(deadline=args.read_deadline))
+    if args.cache_dir:
+        kwargs["cache_dir"] = Path(args.cache_dir).absolute()
+    if args.profile_dir:
+        kwargs["profile_dir"] = Path(args.profile_dir).absolute()
+    kwargs["profile_window"] = args.profile_window
+    return MountConfig(**kwargs)

@@ -254,7 +254,7 @@ def test_the_lock_of_a_read_only_cache_dir_is_taken_read_only_or_not_at_all(
     DiskCache(source, 1 << 20)  # a cache, never mounted: no lock file
     cache = mounts.bind(source, tmp_path / "cache")
     mounts.read_only(cache)
-    with caplog.at_level(logging.INFO, logger="imagefs.mount"):
+    with caplog.at_level(logging.INFO, logger="imagefs.cachelock"):
         assert lock_cache_dir(cache) is None
         assert "has no lock file: mounting without the lock" in caplog.text
         (source / "lock").write_text("")  # (the source is still writable)

@@ -1,0 +1,155 @@
+"""``imagefs mount`` and ``imagefs umount``.
+
+Without ``--foreground`` the command forks (``imagefs.daemon``); the parent
+waits until the daemon reports the mount ready (exit 0) or failed (the reason
+on stderr, exit 1), so a script can use the mount as soon as the command
+returns.  With ``--foreground`` it serves in this process, as systemd's
+``Type=notify`` unit does.  What is served, and how, is ``imagefs.mount``.
+
+One mount per cache directory: the mount holds ``<cache dir>/lock`` for its
+whole life (``imagefs.cachelock``), and a second mount on the same directory
+is refused with the first one's pid.  The directory is claimed first
+(``imagefs.cache.directory``): a directory that is not an imagefs cache is
+refused before anything is created in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .. import metrics
+from ..cachelock import lock_cache_dir, write_pid
+from ..config import config_from_args, default_cache_dir
+from ..connect import (NO_SERVICE, add_direct_arguments, describe, direct_from_args,
+                       is_explicit, open_api, service_options)
+from ..daemon import daemonize
+from ..errors import ConfigError
+from ..mount import serve
+from ..mountpoint import IMAGEFS_FSTYPE
+from ..mountpoint import prepare as prepare_mountpoint
+from ..mountpoint import probe as probe_mountpoint
+from ..mountpoint import unmount
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(top, svc: argparse.ArgumentParser) -> None:
+    p = top.add_parser("mount", parents=[svc], help="mount the images at MOUNTPOINT")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("--nonempty", action="store_true",
+                   help="mount over a directory that is not empty (hiding what is in it)")
+    p.add_argument("--cache-dir", metavar="DIR", help=f"disk cache (default {default_cache_dir()})")
+    p.add_argument("--cache-size", default="20G", metavar="SIZE",
+                   help="disk cache bound (default 20G; 0 disables it)")
+    p.add_argument("--cache-min-free", default="5%", metavar="SIZE|PERCENT",
+                   help="free space the disk cache leaves on its filesystem (default 5%%)")
+    p.add_argument("--memory-cache", default="256M", metavar="SIZE",
+                   help="memory cache bound (default 256M)")
+    p.add_argument("--block-size", default="256K", metavar="SIZE",
+                   help="cache block size (default 256K)")
+    p.add_argument("--readahead", default="64M", metavar="SIZE",
+                   help="how far the mount fetches ahead of a sequential reader "
+                        "(default 64M; 0 turns it off)")
+    p.add_argument("--kernel-readahead", default="256K", metavar="SIZE",
+                   help="the kernel's readahead on the mount (default 256K; 0 leaves the "
+                        "kernel's own)")
+    p.add_argument("--fetch-threads", type=int, default=8, metavar="N",
+                   help="ranged reads (random access) in flight at once (default 8)")
+    p.add_argument("--list-ttl", type=float, default=30.0, metavar="SECONDS",
+                   help="how long a listing of images is trusted (default 30)")
+    p.add_argument("--record-ttl", type=float, default=30.0, metavar="SECONDS",
+                   help="how long an image's metadata is trusted (default 30)")
+    p.add_argument("--read-deadline", type=float, default=30.0, metavar="SECONDS",
+                   help="a read that cannot be served by then fails with EIO (default 30)")
+    p.add_argument("--profile-dir", metavar="DIR",
+                   help="boot profiles: what the first boot of an image read, replayed as a "
+                        "prefetch on later opens (default <cache dir>/profiles; hosts may "
+                        "share one)")
+    p.add_argument("--profile-window", type=float, default=120.0, metavar="SECONDS",
+                   help="how long after an image's first read its reads are recorded "
+                        "(default 120; 0 records nothing)")
+    p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
+    p.add_argument("--uid", metavar="USER", help="owner of every file (default: the mount's user)")
+    p.add_argument("--gid", metavar="GROUP", help="group of every file (default: the mount's)")
+    p.add_argument("--file-mode", default="0444", metavar="MODE",
+                   help="permissions of the files (default 0444); the kernel enforces them")
+    p.add_argument("--dir-mode", default="0555", metavar="MODE",
+                   help="permissions of the directories (default 0555)")
+    p.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics at http://ADDR:PORT/metrics (default off)")
+    p.add_argument("--log", metavar="FILE",
+                   help="log file when in the background (default <cache dir>/imagefs.log)")
+    p.add_argument("--purge-on-unmount", action="store_true",
+                   help="at unmount, remove from the disk cache the blocks of every image "
+                        "that is not public (private, shared, community, or of unknown "
+                        "visibility); public images' stay")
+    add_direct_arguments(p)
+    p.set_defaults(run=run)
+
+    u = top.add_parser("umount", help="unmount an imagefs mount")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    u.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    u.set_defaults(run=run_umount)
+
+
+def _identity(ctx) -> str:
+    """`` as user U in project P`` where the context knows them."""
+    parts = [f"user {ctx.user_id}" if ctx.user_id else "",
+             f"project {ctx.project_id}" if ctx.project_id else ""]
+    return (" as " + " in ".join(p for p in parts if p)) if any(parts) else ""
+
+
+def run(args) -> int:
+    """``imagefs mount``: check what can be checked here, then serve, in this process
+    or in a daemon."""
+    mountpoint = Path(args.mountpoint).absolute()
+    prepare_mountpoint(mountpoint, args.nonempty)  # clears a mount left dead by a killed daemon
+    config = config_from_args(args)
+    if args.metrics:
+        metrics.parse_address(args.metrics)  # a bad address is a usage error, before anything
+    opts = service_options(args)
+    if not is_explicit(opts):  # a forgotten openrc must not look like an empty cloud
+        raise ConfigError(NO_SERVICE)
+    direct = direct_from_args(args)
+    api, ctx = open_api(opts, retry=config.retry)
+    # Fail now, with the reason, rather than mount something that cannot list.
+    next(iter(api.get_all(ctx, limit=1)), None)
+    lock_cache_dir(config.cache_dir)  # held (an open fd) until the process exits
+    what = f"mounting {describe(opts)}{_identity(ctx)} at {mountpoint}"
+    log.info("%s (cache %s)", what, config.cache_dir)
+    if args.foreground and log.getEffectiveLevel() > logging.INFO:
+        print(f"imagefs: {what}", file=sys.stderr)
+    def run_serve(ready) -> int:
+        write_pid(config.cache_dir)
+        return serve(api, ctx, config, direct, mountpoint, ready, describe(opts), args.metrics,
+                     args.purge_on_unmount)
+    if args.foreground:
+        return run_serve(None)
+    log_file = Path(args.log) if args.log else config.cache_dir / "imagefs.log"
+    try:  # fail here, with the reason, rather than in the daemon
+        os.close(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise ConfigError(f"cannot open the log file {log_file}: {exc.strerror}; "
+                          "give another with --log") from None
+    return daemonize(run_serve, log_file)
+
+
+def run_umount(args) -> int:
+    """Unmount; a mount left dead by a killed daemon is detached lazily."""
+    mountpoint = Path(args.mountpoint).absolute()
+    state = probe_mountpoint(mountpoint)
+    if state.fstype is None and not os.path.ismount(mountpoint):
+        raise ConfigError(f"{mountpoint} is not mounted")
+    if state.fstype != IMAGEFS_FSTYPE:
+        raise ConfigError(f"{mountpoint} is a {state.fstype or 'non-imagefs'} mount, not an "
+                          "imagefs one; not unmounting it")
+    unmount(mountpoint, lazy=state.dead)
+    if state.dead:
+        log.info("%s was a dead %s mount; unmounted it", mountpoint, state.fstype)
+    return 0
