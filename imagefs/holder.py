@@ -304,6 +304,11 @@ class Holder:
             self.incoming.proc.kill()
             self.incoming.proc.wait()
             self.incoming = None
+        if not daemon.serving and self.takeovers == 0:  # a mount that never served
+            log.error("daemon %d failed to start (%s): unmounting %s", daemon.proc.pid, how,
+                      self.mountpoint)
+            self.stopping = True
+            return
         if not daemon.serving:
             self.failures += 1
         if os.environ.get(NO_TAKEOVER_ENV):

@@ -58,8 +58,7 @@ class Adopted:
         self.minor: int = info["minor"]
         self.holder: int = info["holder"]
         self.takeovers: int = info["takeovers"]
-        self.started = time.time()
-        self.serving = False
+        self.serving = self.released = False
         for fd in (self.init_fd, self.fuse_fd, self.status_fd):
             os.set_inheritable(fd, False)
 
@@ -104,10 +103,19 @@ class Adopted:
         self.serving = True
         self.tell("serving")
 
-    def status(self) -> dict:
-        """What ``imagefs status`` shows of the hand-over."""
-        return {"holder_pid": self.holder, "takeovers": self.takeovers,
-                "daemon_started": self.started}
+
+
+STARTED = time.time()
+
+
+def daemon_status(adopted: Adopted | None) -> dict:
+    """What ``imagefs status`` shows of the serving daemon and its holder."""
+    from . import __version__
+
+    return {"pid": os.getpid(), "version": __version__,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(STARTED)),
+            "holder_pid": adopted.holder if adopted is not None else None,
+            "takeovers": adopted.takeovers if adopted is not None else 0}
 
 
 async def release(adopted: Adopted) -> None:
@@ -116,6 +124,7 @@ async def release(adopted: Adopted) -> None:
     import pyfuse3
     import trio
 
+    adopted.released = True
     pyfuse3.terminate()
     # A worker woken just before the terminate reads once more (its read returns at
     # once: the connection was readable); only then may the new daemon read.
