@@ -214,6 +214,8 @@ def _add_mount_commands(top, svc) -> None:
     except ImportError:  # the mount needs pyfuse3; the image commands do not
         return
     add_arguments(top, svc)
+    from .commands import restart
+    restart.add_arguments(top)
 
 
 # ---- the image commands ---------------------------------------------------------
@@ -394,7 +396,8 @@ def run_status(args) -> int:
     if args.format == "json":
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
-    print_table([(k, status[k]) for k in ("service", "uptime_s", "fetched_bytes", "memory_hits",
+    print_table([(k, status.get(k)) for k in ("pid", "version", "started", "takeovers",
+                                             "service", "uptime_s", "fetched_bytes", "memory_hits",
                                          "disk_hits", "memory_bytes", "cache_bytes",
                                          "cache_size", "disk_behind_blocks",
                                          "disk_missed_blocks")], ("Field", "Value"))

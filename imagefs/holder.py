@@ -201,13 +201,14 @@ class Holder:
         self.sel = selectors.DefaultSelector()
 
     # -- starting ------------------------------------------------------------------
-    def spawn(self, resend: bool) -> Daemon:
+    def spawn(self, resend: bool, takeover: int = 0) -> Daemon:
+        """Start a daemon (the ``takeover``-th to serve the mount; 0: the first)."""
         init_r, init_w = os.pipe()
         status_r, status_w = os.pipe()
         os.set_blocking(status_r, False)
         info = {"init_fd": init_r, "fuse_fd": self.fd, "status_fd": status_w,
                 "resend": resend, "minor": init_minor(self.init), "holder": os.getpid(),
-                "takeovers": self.takeovers, "mountpoint": self.mountpoint}
+                "takeovers": takeover, "mountpoint": self.mountpoint}
         fds = [init_r, status_w, self.fd]
         if self.ready_fd is not None:  # the first daemon says when the mount answers
             info["ready_fd"] = self.ready_fd
@@ -284,6 +285,10 @@ class Holder:
             return
         if daemon is not self.current:
             return
+        if self.incoming is not None and daemon.retired_at < float("inf"):
+            log.info("daemon %d handed over and exited (%s)", daemon.proc.pid, how)
+            self.promote()  # it exited without saying "released"
+            return
         self.current = None
         if self.stopping:
             return
@@ -325,17 +330,15 @@ class Holder:
         if delay:
             time.sleep(delay)
         self.takeovers += 1
-        self.current = self.spawn(resend=True)
+        self.current = self.spawn(resend=True, takeover=self.takeovers)
         self.current.go(self.init)
 
     def abort(self, why: str) -> None:
         log.error("aborting the FUSE connection of %s: %s; its readers now get errors",
                   self.mountpoint, why)
-        try:
-            with open(f"/sys/fs/fuse/connections/{self.connection}/abort", "w") as f:
-                f.write("1")
-        except OSError as exc:
-            log.error("cannot abort the connection: %s", exc)
+        if not _write_abort(self.connection):
+            log.info("no /sys/fs/fuse/connections/%s/abort: the connection ends with this "
+                     "process, which holds its last descriptor", self.connection)
         self.stopping = True
         self.aborted = True
 
@@ -348,7 +351,7 @@ class Holder:
                 log.info("SIGHUP: no hand-over now (one is under way, or no daemon serves)")
                 return
             log.info("SIGHUP: starting a new daemon to hand the mount over to")
-            self.incoming = self.spawn(resend=False)
+            self.incoming = self.spawn(resend=False, takeover=self.takeovers + 1)
             return
         if signum in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
             log.info("%s: stopping the daemon and unmounting %s", signal.Signals(signum).name,
@@ -417,6 +420,22 @@ class Holder:
                             daemon.proc.pid, RETIRE_TIMEOUT)
                 daemon.proc.kill()
                 daemon.retired_at = float("inf")
+
+
+def _write_abort(connection: int | None) -> bool:
+    """Abort FUSE connection ``connection`` through fusectl (mounted here if it is not,
+    and this process may); whether it could."""
+    control = "/sys/fs/fuse/connections"
+    if connection is None:
+        return False
+    if not os.path.ismount(control) and os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", control], capture_output=True)
+    try:
+        with open(f"{control}/{connection}/abort", "w") as f:
+            f.write("1")
+        return True
+    except OSError:
+        return False
 
 
 def _notify(message: str) -> None:

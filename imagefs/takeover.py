@@ -128,6 +128,7 @@ async def release(adopted: Adopted) -> None:
     pyfuse3.terminate()
     # A worker woken just before the terminate reads once more (its read returns at
     # once: the connection was readable); only then may the new daemon read.
-    await trio.sleep(0.05)
+    with trio.CancelScope(shield=True):  # main() may return meanwhile: say it all the same
+        await trio.sleep(0.05)
     adopted.tell("released")
     log.info("handed the mount over; answering the requests already read")
