@@ -94,6 +94,13 @@ def test_umount_stops_the_holder(glance_clean, tmp_path):
     mnt, cache = tmp_path / "mnt", tmp_path / "cache"
     mnt.mkdir()
     assert imagefs("mount", str(mnt), "--cache-dir", str(cache), env=env).returncode == 0
+    try:
+        _umount_stops_the_holder(mnt, cache)
+    finally:
+        subprocess.run(["fusermount3", "-u", "-q", "-z", str(mnt)])
+
+
+def _umount_stops_the_holder(mnt, cache):
     holder = int((cache / "lock").read_text())
     daemon = [int(p) for p in subprocess.run(["pgrep", "-P", str(holder)], capture_output=True,
                                              text=True).stdout.split()]
