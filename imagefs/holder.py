@@ -14,7 +14,8 @@ new one starts reading, the old one answers what it had read and exits.
 
 The holder runs as ``python -I holder.py`` and imports nothing but the
 standard library, so that nothing in the data path can take it down.  It is
-started with a JSON spec in ``IMAGEFS_HOLDER``; the descriptors it names are
+started with a JSON spec in ``IMAGEFS_HOLDER`` (its one argument, the mount point, is
+for ``ps``); the descriptors it names are
 inherited: the cache directory's lock (held for the life of the mount, so that
 two daemons may overlap during a hand-over) and the ready pipe of
 ``imagefs mount`` (given to the first daemon).

@@ -137,7 +137,7 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
             except BaseException:
                 pyfuse3.close(unmount=False)
                 raise
-            if adopted is None:
+            if adopted is None or not adopted.released:  # not a hand-over: the end
                 notify("STOPPING=1", "STATUS=unmounted")
             pyfuse3.close(unmount=adopted is None)  # a holder's mount is the holder's
             nursery.cancel_scope.cancel()

@@ -46,6 +46,18 @@ def resend_notification() -> bytes:
     return struct.pack("<IiQ", 16, FUSE_NOTIFY_RESEND, 0)
 
 
+def _die_with(holder: int) -> None:
+    """Be killed when the holder dies: a mount whose holder is gone ends, as a mount
+    whose only process died does, rather than go on with nobody to restart its daemon."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != holder:  # it died before the prctl
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class Adopted:
     """A connection handed over by the holder."""
 
@@ -61,6 +73,7 @@ class Adopted:
         self.serving = self.released = False
         for fd in (self.init_fd, self.fuse_fd, self.status_fd):
             os.set_inheritable(fd, False)
+        _die_with(self.holder)
 
     @classmethod
     def from_environment(cls) -> "Adopted | None":

@@ -118,3 +118,37 @@ def _umount_stops_the_holder(mnt, cache):
         time.sleep(0.1)
     log = (cache / "imagefs.log").read_text()
     assert "was unmounted" in log and "Traceback" not in log
+
+
+def test_as_a_systemd_unit_reload_hands_over_and_stop_unmounts(glance_clean, tmp_path):
+    """What the unit does: the main process (the holder) gets SIGHUP for ``systemctl
+    reload`` and SIGTERM for ``systemctl stop`` (``KillMode=mixed``)."""
+    import socket
+
+    from test_mount import Mount
+
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(30)
+        m = Mount(tmp_path / "mnt", tmp_path / "cache",
+                  {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance_clean.url,
+                   "NOTIFY_SOCKET": address})
+        try:
+            messages = []
+
+            def wait_for(word: str, count: int = 1) -> None:
+                while sum(word in msg for msg in messages) < count:
+                    messages.append(sock.recv(4096).decode())
+            wait_for("READY=1")
+            first = daemon_of(m)
+            m.proc.send_signal(signal.SIGHUP)  # systemctl reload
+            wait_for("READY=1", 2)
+            assert status(m)["takeovers"] == 1 and daemon_of(m, other_than=first) != first
+            assert "STOPPING=1" not in "".join(messages)  # a hand-over is no stop
+            m.proc.send_signal(signal.SIGTERM)  # systemctl stop
+            assert m.proc.wait(30) == 0, m.output()
+            wait_for("STOPPING=1")
+            assert not os.path.ismount(m.path)
+        finally:
+            subprocess.run(["fusermount3", "-u", "-q", "-z", str(m.path)])

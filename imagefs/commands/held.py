@@ -56,7 +56,7 @@ def start(args, config, mountpoint: Path, lock_fd: int | None, log_file: Path | 
     if log_file is not None:
         env[LOG_ENV] = str(log_file)
     fds = [lock_fd] if lock_fd is not None else []
-    command = [sys.executable, "-I", holder.__file__]
+    command = [sys.executable, "-I", holder.__file__, str(mountpoint)]  # ps shows which
     if log_file is None:  # the foreground: the holder becomes this process
         _write_pid(config.cache_dir, os.getpid())
         for fd in fds:
