@@ -446,6 +446,8 @@ class ImageFS:
             raise FsError(errno.EBADF, f"no file handle {fh}") from None
         if kind not in (_KIND_META, _KIND_DATA):
             raise FsError(errno.EBADF, f"no file handle {fh}")
+        if fh in self._handles:  # another read rebuilt it meanwhile
+            return self._handles[fh]
         handle = await self._handle(fh, image, kind, refresh=False)
         handle.opens = max(handle.opens, 1)
         log.info("rebuilt file handle %#x (%s of image %s)", fh,

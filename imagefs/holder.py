@@ -34,6 +34,7 @@ import ctypes.util
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -48,6 +49,8 @@ SPEC_ENV = "IMAGEFS_HOLDER"
 TAKEOVER_ENV = "IMAGEFS_TAKEOVER"
 NO_TAKEOVER_ENV = "IMAGEFS_NO_TAKEOVER"  # for tests: a dead daemon is not replaced
 FUSE_INIT = 26
+FUSE_NOTIFY_RESEND = 7
+RESEND_MINOR = 40  # the FUSE protocol minor version of the first kernel that resends
 READ_SIZE = 4 << 20          # more than any request the kernel may queue
 RETIRE_TIMEOUT = 60.0        # an old daemon's in-flight requests have this long
 MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
@@ -101,6 +104,11 @@ def read_init(fd: int) -> bytes:
     return data
 
 
+def resend_notification() -> bytes:
+    """``fuse_out_header`` of a ``FUSE_NOTIFY_RESEND``: no body, unique 0."""
+    return struct.pack("<IiQ", 16, FUSE_NOTIFY_RESEND, 0)
+
+
 def init_minor(init: bytes) -> int:
     """The kernel's FUSE protocol minor version, from its ``FUSE_INIT``."""
     return struct.unpack_from("<II", init, 40)[1]
@@ -118,7 +126,6 @@ def unmount(mountpoint: str) -> None:
 
 def connection_alive(fd: int) -> bool:
     """Whether the kernel still serves the connection (not unmounted, not aborted)."""
-    import select
     poll = select.poll()
     poll.register(fd, 0)
     return not any(ev & (0x008 | 0x010) for _, ev in poll.poll(0))  # POLLERR, POLLHUP
@@ -144,8 +151,8 @@ def connection_id(mountpoint: str) -> int | None:
 class Daemon:
     """One serving daemon the holder started: its process and the pipes to it."""
 
-    def __init__(self, proc: subprocess.Popen, init_w: int, status_r: int, resend: bool):
-        self.proc, self.init_w, self.status_r, self.resend = proc, init_w, status_r, resend
+    def __init__(self, proc: subprocess.Popen, init_w: int, status_r: int):
+        self.proc, self.init_w, self.status_r = proc, init_w, status_r
         self.pidfd = os.pidfd_open(proc.pid)
         self.started = time.monotonic()
         self.retired_at = float("inf")
@@ -225,7 +232,7 @@ class Holder:
         if self.ready_fd is not None:
             os.close(self.ready_fd)
             self.ready_fd = None
-        daemon = Daemon(proc, init_w, status_r, resend)
+        daemon = Daemon(proc, init_w, status_r)
         self.sel.register(daemon.pidfd, selectors.EVENT_READ, ("exit", daemon))
         self.sel.register(daemon.status_r, selectors.EVENT_READ, ("status", daemon))
         log.info("started daemon %d%s", proc.pid, " (resending what the last one had read)"
@@ -275,6 +282,8 @@ class Holder:
         if daemon in self.retiring:
             self.retiring.remove(daemon)
             log.info("daemon %d handed over and exited (%s)", daemon.proc.pid, how)
+            if code != 0:  # it died with requests unanswered: the serving one gets them
+                self.resend()
             return
         if daemon is self.incoming:
             self.incoming = None
@@ -289,6 +298,8 @@ class Holder:
         if self.incoming is not None and daemon.retired_at < float("inf"):
             log.info("daemon %d handed over and exited (%s)", daemon.proc.pid, how)
             self.promote()  # it exited without saying "released"
+            if code != 0:
+                self.resend()
             return
         self.current = None
         if self.stopping:
@@ -305,7 +316,7 @@ class Holder:
         self.crashed(daemon, how)
 
     def crashed(self, daemon: Daemon, how: str) -> None:
-        if self.incoming is not None:  # a hand-over was under way: its daemon takes over
+        if self.incoming is not None:  # a hand-over was under way: start afresh, resending
             self.forget(self.incoming)
             self.incoming.proc.kill()
             self.incoming.proc.wait()
@@ -333,6 +344,18 @@ class Holder:
         self.takeovers += 1
         self.current = self.spawn(resend=True, takeover=self.takeovers)
         self.current.go(self.init)
+
+    def resend(self) -> None:
+        """Ask the kernel to queue again the requests that were read and not answered
+        (the serving daemon answers them; one it is answering is answered twice, the
+        first answer then refused by the kernel and ignored)."""
+        if init_minor(self.init) < RESEND_MINOR:
+            return
+        try:
+            os.write(self.fd, resend_notification())
+            log.info("the kernel resends what the dead daemon had read")
+        except OSError as exc:
+            log.error("the kernel refused FUSE_NOTIFY_RESEND: %s", exc.strerror)
 
     def abort(self, why: str) -> None:
         log.error("aborting the FUSE connection of %s: %s; its readers now get errors",
@@ -378,7 +401,7 @@ class Holder:
         try:
             self.init = read_init(self.fd)
             log.info("mounted %s (FUSE 7.%d%s)", self.mountpoint, init_minor(self.init),
-                     "" if init_minor(self.init) >= 40 else
+                     "" if init_minor(self.init) >= RESEND_MINOR else
                      ": this kernel cannot resend requests a dead daemon had read")
             self.current = self.spawn(resend=False)
             self.current.go(self.init)

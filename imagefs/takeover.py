@@ -30,20 +30,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 import time
 
-from .holder import TAKEOVER_ENV
+from .holder import RESEND_MINOR, TAKEOVER_ENV, resend_notification
 
 log = logging.getLogger(__name__)
 
-FUSE_NOTIFY_RESEND = 7
-RESEND_MINOR = 40  # the FUSE protocol minor version of the first kernel that resends
-
-
-def resend_notification() -> bytes:
-    """``fuse_out_header`` of a ``FUSE_NOTIFY_RESEND``: no body, unique 0."""
-    return struct.pack("<IiQ", 16, FUSE_NOTIFY_RESEND, 0)
 
 
 def _die_with(holder: int) -> None:

@@ -149,3 +149,26 @@ def test_a_daemon_that_cannot_start_gets_the_connection_aborted(mount):
         assert len(lines) == 1 and "failed to start 3 times in a row" in lines[0]
     finally:
         os.close(fd)
+
+
+def test_an_old_daemon_killed_after_a_hand_over_has_its_reads_resent(mount):
+    m = mount()
+    fd = os.open(m.path / "file", os.O_RDONLY | os.O_DIRECT)
+    try:
+        m.slow.write_text("5")
+        first = m.daemon()
+        thread, result = _read_in_thread(fd, 2 << 20, 4096)
+        time.sleep(0.3)
+        os.kill(m.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "took over" not in m.log.read_text() and \
+                "handing over" not in m.log.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        m.slow.unlink()
+        os.kill(first, signal.SIGKILL)  # with the read still unanswered
+        thread.join(10)
+        assert result.get("data") == pattern(2 << 20, 4096), result
+        assert "the kernel resends what the dead daemon had read" in m.log.read_text()
+    finally:
+        os.close(fd)
