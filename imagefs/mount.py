@@ -101,7 +101,10 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
                                     blocks, config.profile_window, nursery)
             fs.profiles = profiles
             warmer = Warmer(fs, blocks, profiles, nursery)
-            if metrics_address:
+            if metrics_address and adopted is not None and adopted.takeovers:
+                nursery.start_soon(_serve_metrics_when_free, metrics_address, blocks, memory,
+                                   disk)
+            elif metrics_address:
                 metrics.serve(metrics_address, blocks, memory, disk)
             # Signals are caught before the mount exists: a SIGTERM as soon as the
             # mount appears must unmount it, not kill the daemon.
@@ -197,6 +200,20 @@ def _warn_if_beyond_filesystem(config: MountConfig) -> None:
                     "filesystem (%s): the disk tier is bounded by that filesystem, less "
                     "--cache-min-free %s", human(config.cache_size), human(total),
                     config.cache_min_free)
+
+
+async def _serve_metrics_when_free(address: str, *counters) -> None:
+    """A daemon taking a mount over serves its metrics once the daemon before it (which
+    answers its last requests meanwhile) has let the port go."""
+    for attempt in range(240):
+        try:
+            metrics.serve(address, *counters)
+            return
+        except ConfigError as exc:
+            if attempt == 0:
+                log.info("%s: trying again until the last daemon has exited", exc)
+            await trio.sleep(0.5)
+    log.warning("no metrics on %s: the port stays taken", address)
 
 
 async def _watch_signals(adopted: Adopted | None = None,

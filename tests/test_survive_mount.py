@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 
 import pytest
 from survive_util import (MiB, daemon_of, image, imagefs, in_thread, kill9,  # noqa: F401
@@ -40,7 +41,10 @@ def test_kill_9_with_a_read_in_flight_answers_it_with_the_right_bytes(
 
 
 def test_restart_hands_over_keeps_the_cache_and_counts_takeovers(mounted, image, glance_clean):
-    m = mounted()
+    from glance_server import free_port
+
+    port = free_port()
+    m = mounted("--metrics", f"127.0.0.1:{port}")
     path = m.image(image["id"]) / "data"
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     try:
@@ -62,6 +66,15 @@ def test_restart_hands_over_keeps_the_cache_and_counts_takeovers(mounted, image,
         assert os.pread(fd, 8 * MiB, 0) == want  # from the disk cache the old one filled
         assert glance_clean.stats()["data_requests"] == requests
         assert os.path.ismount(m.path)
+        deadline = time.monotonic() + 20  # the new daemon's metrics, once the port is free
+        while True:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, m.output()
+                time.sleep(0.2)
+        assert b"imagefs_cache_hits_total" in page.read()
     finally:
         os.close(fd)
     assert "handed over" in m.output() and "Traceback" not in m.output()
