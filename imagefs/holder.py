@@ -190,6 +190,9 @@ class Daemon:
 
 
 class Holder:
+    """One mount's holder: the connection, the serving daemon, the one taking over from
+    it during a hand-over, and those that hand over and still answer what they read."""
+
     def __init__(self, spec: dict):
         self.spec = spec
         self.mountpoint = spec["mountpoint"]

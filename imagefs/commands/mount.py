@@ -5,9 +5,14 @@ waits until the daemon reports the mount ready (exit 0) or failed (the reason
 on stderr, exit 1), so a script can use the mount as soon as the command
 returns.  With ``--foreground`` it serves in this process, as systemd's
 ``Type=notify`` unit does.  What is served, and how, is ``imagefs.mount``.
+Either way the mount is kept by a holder (``imagefs.commands.held``,
+``imagefs.holder``) that starts the serving daemon as this command line again;
+that daemon, which finds ``IMAGEFS_TAKEOVER`` set, serves the connection the
+holder hands it (``_serve_adopted``).
 
 One mount per cache directory: the mount holds ``<cache dir>/lock`` for its
-whole life (``imagefs.cachelock``), and a second mount on the same directory
+whole life (``imagefs.cachelock``; the holder holds it, so that two daemons
+may overlap while one hands the mount over), and a second mount on the same directory
 is refused with the first one's pid.  The directory is claimed first
 (``imagefs.cache.directory``): a directory that is not an imagefs cache is
 refused before anything is created in it.
