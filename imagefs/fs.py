@@ -255,7 +255,7 @@ class ImageFS:
                 text = (self.config.cache_dir / INODES_FILE).read_text()
             except OSError:
                 text = ""
-            self._recorded = {w for w in text.split() if _UUID.fullmatch(w)}
+            self._recorded = {w for w in text.split() if len(w) == 36 and w.count("-") == 4}
         return self._recorded
 
     async def _resolve(self, ino: int) -> tuple[_Image, int]:
