@@ -81,8 +81,8 @@ def test_readers_under_two_kills_and_three_restarts_see_no_error_and_no_wrong_by
                           (25, "restart")):
             time.sleep(max(0.0, start + at - time.monotonic()))
             if event == "kill":
-                kills.append(time.monotonic())
                 kill9(m)
+                kills.append(time.monotonic())  # reads under way now waited for the next
             else:
                 done = restart(m)
                 assert done.returncode == 0, done.stderr
