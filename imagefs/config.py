@@ -91,7 +91,7 @@ class MountConfig:
     cache_size: int = 20 * GiB          # disk tier bound
     cache_min_free: FreeSpace = FreeSpace(percent=5.0)  # free space the disk tier leaves
     memory_cache: int = 256 * MiB       # memory tier bound
-    block_size: int = 256 * KiB         # the cache's unit: a boot fetches ~1.3x what it reads
+    block_size: int = 256 * KiB         # the cache's unit, and a random read's fetch
     list_ttl: float = 30.0              # seconds a listing of images is trusted
     record_ttl: float = 30.0            # seconds an image's record is trusted
     fetch_threads: int = 8              # ranged GETs (random reads) in flight at once
@@ -135,23 +135,57 @@ class MountConfig:
             raise ConfigError("TTLs must be >= 0 seconds")
 
 
+
+def format_size(n: int) -> str:
+    """Bytes as ``parse_size`` reads them, in the largest unit that divides them:
+    ``20G``, ``256K``, ``0``."""
+    for unit, letter in ((GiB << 10, "T"), (GiB, "G"), (MiB, "M"), (KiB, "K")):
+        if n and n % unit == 0:
+            return f"{n // unit}{letter}"
+    return str(n)
+
+
+def format_mode(mode: int) -> str:
+    """Permission bits as ``parse_mode`` reads them: ``0444``."""
+    return f"0{mode:03o}"
+
+
+def _absolute(text: str) -> Path:
+    return Path(text).absolute()
+
+
+#: ``MountConfig`` field -> (the ``imagefs mount`` option's dest, how its text is read,
+#: whether an empty text means the default as no option does).  An option not given
+#: (None) leaves the field's default, which is written once: in ``MountConfig``.
+_FROM_OPTIONS = {
+    "cache_dir": ("cache_dir", _absolute, True),
+    "cache_size": ("cache_size", parse_size, False),
+    "cache_min_free": ("cache_min_free", parse_free_space, False),
+    "memory_cache": ("memory_cache", parse_size, False),
+    "block_size": ("block_size", parse_size, False),
+    "fetch_threads": ("fetch_threads", int, False),
+    "max_readahead": ("readahead", parse_size, False),
+    "read_ahead_kb": ("kernel_readahead", lambda text: parse_size(text) // KiB, False),
+    "list_ttl": ("list_ttl", float, False),
+    "record_ttl": ("record_ttl", float, False),
+    "read_deadline": ("read_deadline", float, False),
+    "allow_other": ("allow_other", bool, False),
+    "uid": ("uid", parse_user, True),
+    "gid": ("gid", parse_group, True),
+    "file_mode": ("file_mode", parse_mode, False),
+    "dir_mode": ("dir_mode", parse_mode, False),
+    "profile_dir": ("profile_dir", _absolute, True),
+    "profile_window": ("profile_window", float, False),
+}
+
+
 def config_from_args(args) -> MountConfig:
     """The settings an ``imagefs mount`` command line gives (``imagefs.commands.mount``)."""
-    kwargs = dict(cache_size=parse_size(args.cache_size),
-                  cache_min_free=parse_free_space(args.cache_min_free),
-                  memory_cache=parse_size(args.memory_cache),
-                  block_size=parse_size(args.block_size), fetch_threads=args.fetch_threads,
-                  max_readahead=parse_size(args.readahead),
-                  read_ahead_kb=parse_size(args.kernel_readahead) // 1024,
-                  list_ttl=args.list_ttl, record_ttl=args.record_ttl,
-                  read_deadline=args.read_deadline, allow_other=args.allow_other,
-                  uid=parse_user(args.uid) if args.uid else None,
-                  gid=parse_group(args.gid) if args.gid else None,
-                  file_mode=parse_mode(args.file_mode), dir_mode=parse_mode(args.dir_mode),
-                  retry=RetryPolicy(deadline=args.read_deadline))
-    if args.cache_dir:
-        kwargs["cache_dir"] = Path(args.cache_dir).absolute()
-    if args.profile_dir:
-        kwargs["profile_dir"] = Path(args.profile_dir).absolute()
-    kwargs["profile_window"] = args.profile_window
-    return MountConfig(**kwargs)
+    given = {}
+    for field, (dest, read, empty_is_default) in _FROM_OPTIONS.items():
+        text = getattr(args, dest)
+        if text is None or (empty_is_default and not text):
+            continue
+        given[field] = read(text)
+    deadline = given.get("read_deadline", MountConfig.read_deadline)
+    return MountConfig(**given, retry=RetryPolicy(deadline=deadline))

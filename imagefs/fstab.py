@@ -31,15 +31,30 @@ IGNORED = {"defaults", "_netdev", "nofail", "noauto", "auto", "user", "users", "
 REFUSED = {"foreground", "help", "store"}
 
 
-def _mount_options() -> dict[str, argparse.Action]:
-    """``dest -> action`` of every option of ``imagefs mount``."""
-    from .cli import build_parser
+class _Exact(argparse.ArgumentParser):
+    """A parser that takes an option only by its whole name, and raises its errors."""
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    mount = sub.choices["mount"]
-    return {a.option_strings[-1][2:]: a for a in mount._actions
-            if a.option_strings and a.option_strings[-1].startswith("--")}
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, exit_on_error=False, **kwargs)
+
+
+def _mount_parser() -> argparse.ArgumentParser:
+    """``imagefs mount``'s own parser, as an ``_Exact`` one."""
+    from .commands import mount
+    from .commands.options import service_options
+
+    top = argparse.ArgumentParser().add_subparsers(parser_class=_Exact)
+    return mount.add_arguments(top, service_options())
+
+
+def _takes_value(mount: argparse.ArgumentParser, name: str) -> bool | None:
+    """Whether ``imagefs mount``'s ``--name`` takes a value; None when it has no such
+    option.  Asked of the parser itself, so that the answer is what it would do."""
+    try:
+        _, unknown = mount.parse_known_args(["MOUNTPOINT", f"--{name}"])
+    except argparse.ArgumentError:  # expected one argument
+        return True
+    return None if unknown else False
 
 
 def translate(source: str, mountpoint: str, options: str) -> list[str]:
@@ -51,16 +66,16 @@ def translate(source: str, mountpoint: str, options: str) -> list[str]:
         argv += ["--store", source[len("store:"):]]
     elif source != "glance":
         raise ValueError(f"source {source!r}: use 'glance' or 'store:/path'")
-    known = _mount_options()
+    mount = _mount_parser()
     for option in filter(None, (o.strip() for o in options.split(","))):
         key, sep, value = option.partition("=")
         name = key.replace("_", "-")
         if key in IGNORED or key.startswith("x-") or key == "comment":
             continue
-        if name in REFUSED or name not in known:
+        takes_value = None if name in REFUSED else _takes_value(mount, name)
+        if takes_value is None:
             raise ValueError(f"unknown imagefs mount option {key!r}")
-        action = known[name]
-        if action.nargs == 0:  # a switch
+        if not takes_value:  # a switch
             if sep:
                 raise ValueError(f"option {key!r} takes no value")
             argv.append(f"--{name}")

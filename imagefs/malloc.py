@@ -5,13 +5,13 @@ chunk off the network, a slot read from the disk tier.  With glibc's
 defaults such a buffer gets an ``mmap`` of its own until the first one is
 freed; after that they come from the heap, but whatever lies free at the top
 of a heap beyond twice the block size goes back to the kernel.  Either way
-blocks keep landing in pages the process has not touched before, and on the
-virtual machines we measured on (they report freed pages to the host),
-touching new pages is slow: writing 1 GiB into fresh pages took 0.61-0.74 s,
-into pages already touched 0.06 s.  So the daemon asks malloc to serve
-block-sized buffers from its heap and to keep up to the memory cache's size
-of freed memory there: the memory cache's evicted blocks become the next
-blocks' buffers.
+blocks keep landing in pages the process has not touched before, and on
+virtual machines that report freed pages to the host, touching new pages is
+several times slower than touching pages already touched.  So the daemon
+asks malloc to serve block-sized buffers from its heap and to keep up to the
+memory cache's size of freed memory there: the memory cache's evicted blocks
+become the next blocks' buffers.  Peak RSS grows a little: the heap keeps
+what it once held.
 
 One arena rather than one per thread: a block is allocated in one thread (a
 stream's, a worker's) and freed in another (the trio thread, on eviction),
@@ -20,20 +20,15 @@ holds at most the blocks alive at once, not that many per arena.  The arena
 lock costs little: the daemon's threads take the GIL for every allocation of
 this size anyway.
 
-Measured (1 GiB from the disk tier, alternating, same hour): 0.77 s median
-against 0.84-0.86 s in two sets of 6 and 8 pairs (daemon CPU 0.83-0.85 s
-against 0.88-0.96 s).  On a cold read the gain was within the noise: 1.33-1.72 s
-against 1.66-1.93 s in one set of 4 pairs, no difference in a noisier one.
-Peak RSS grows by 10-15 MiB (the heap keeps what it once held).
+The threshold is 8 blocks, and 8 MiB at least: well above the largest
+buffer the daemon reads into (a block; a piece of an RBD stream, which
+librados receives into a buffer of the piece's size plus a header).  A
+threshold just at a read's size would put each such buffer over it by its
+header, and so give each an ``mmap`` of fresh pages and a ``munmap``.  A
+setting also turns off glibc's own raising of the threshold.
 
-The threshold is twice the largest buffer the daemon reads into: a stream
-from RBD reads 4 MiB at a time, and librados receives each reply into a
-buffer of that size.  At exactly 4 MiB (the first setting) both were over
-it by their headers, so each got an ``mmap`` of fresh pages and a
-``munmap`` (136 and 117 in a cold 256 MiB read, against 20 and 1 at 8 MiB);
-a setting also turns off glibc's own raising of the threshold.  A cold read
-of 256 MiB from RBD, 5 alternating pairs: 0.42-0.68 s against 0.71-1.02 s
-(no disk tier: 0.39-0.70 s against 0.75-0.84 s).
+The measurements are in docs/performance.md ("Figures moved out of the
+code").
 
 Only glibc has ``mallopt``; elsewhere this does nothing.
 """

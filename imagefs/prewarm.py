@@ -1,39 +1,26 @@
-"""``imagefs prefetch``: fill a running mount's cache before a boot storm.
+"""The daemon's side of ``imagefs prefetch``: warm-up jobs, asked for over the control socket.
 
-``imagefs prefetch MOUNTPOINT ID|NAME... [--profile-only]`` asks the mount's
-daemon, over its control socket (``imagefs.control``), to warm each image:
-the whole image, or only its boot profile (``imagefs.profiles``).  The
-daemon runs the warm-up (``BlockReader.warm``: ranged reads after readers,
-blocks already cached cost nothing) as a job, and the command polls it: a
-progress line on a terminal, one line of figures per image at the end.
-Warmed blocks are in the disk tier, so they survive a remount.
-
-It is the operator's answer to "a storm is coming": Nova's aggregate image
-pre-caching downloads whole images; ``--profile-only`` fetches only what a
-boot reads.
+The ``prefetch`` op starts a job that warms an image: the whole image, or only
+its boot profile (``imagefs.profiles``), through ``BlockReader.warm`` (ranged
+reads after readers; blocks already cached cost nothing).  ``prefetch-status``
+says how far a job is.  The command that asks and polls is
+``imagefs.commands.prefetch``.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import os
 import re
-import sys
-import time
-from pathlib import Path
 
 import trio
 
-from . import control
-from .errors import ConfigError, ImagefsError
-from .progress import ProgressLine, human
+from .errors import ImagefsError
+from .progress import human
 
 log = logging.getLogger(__name__)
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-#: Seconds between two polls of a job.
-POLL = 0.25
 #: Seconds between two progress lines in the mount's log.
 LOG_EVERY = 5.0
 
@@ -99,62 +86,3 @@ class Warmer:
         log.info("prefetch of image %s done in %.1f s: %d blocks, %d cached already, %s "
                  "fetched, %d failed", image.id, job["seconds"], job["blocks"], job["cached"],
                  human(job["fetched"]), job["failed"])
-
-
-# ---- the command's side (blocking) ---------------------------------------------------
-def add_arguments(top, fmt) -> None:
-    p = top.add_parser("prefetch", help="fill a running mount's cache with images, or only "
-                                        "with what their boots read")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument("images", nargs="+", metavar="ID|NAME")
-    p.add_argument("--profile-only", action="store_true",
-                   help="only the blocks of each image's boot profile")
-    p.add_argument("--cache-dir", metavar="DIR",
-                   help="the mount's cache directory (if its socket is not registered)")
-    p.set_defaults(run=run_prefetch)
-
-
-def image_id(mountpoint: Path, text: str) -> str:
-    """An image id, or the id a ``by-name`` link of the mount names."""
-    if _UUID.fullmatch(text):
-        return text
-    try:
-        target = os.readlink(mountpoint / "by-name" / text)
-    except OSError:
-        raise ConfigError(f"{text!r} is neither an image id nor a name under "
-                          f"{mountpoint}/by-name") from None
-    return os.path.basename(target)
-
-
-def _done_bytes(job: dict) -> int:
-    return job["bytes"] * job["done"] // job["blocks"] if job["blocks"] else 0
-
-
-def run_prefetch(args) -> int:
-    mountpoint = Path(args.mountpoint)
-    sock = control.socket_for(mountpoint, Path(args.cache_dir) if args.cache_dir else None)
-    ids = [image_id(mountpoint, text) for text in args.images]
-    failed = 0
-    for image in ids:
-        job = control.request(sock, "prefetch", image=image, profile_only=args.profile_only)
-        line = ProgressLine("prefetch") if sys.stderr.isatty() else None
-        while not job["finished"]:
-            if line is not None:
-                line(image, _done_bytes(job), job["bytes"] or None)
-            time.sleep(POLL)
-            job = control.request(sock, "prefetch-status", job=job["job"])
-        if line is not None:
-            line(image, _done_bytes(job), job["bytes"] or None)
-            line.finish()
-        rate = job["fetched"] / job["seconds"] if job["seconds"] > 0 else 0
-        print(f"{image}: {job['blocks']} blocks ({human(job['bytes'])}"
-              f"{', its boot profile' if args.profile_only else ''}): "
-              f"{job['cached']} cached already, {human(job['fetched'])} fetched in "
-              f"{job['seconds']:.1f} s ({human(rate)}/s)"
-              + (f", {job['failed']} failed" if job["failed"] else ""))
-        if job["failure"] or job["failed"]:
-            print(f"imagefs: prefetch of {image} failed: "
-                  f"{job['failure'] or str(job['failed']) + ' blocks could not be fetched'}",
-                  file=sys.stderr)
-            failed += 1
-    return 1 if failed else 0

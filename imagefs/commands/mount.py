@@ -28,7 +28,8 @@ from pathlib import Path
 
 from .. import metrics
 from ..cachelock import lock_cache_dir, write_pid
-from ..config import config_from_args, default_cache_dir
+from ..config import (MountConfig, config_from_args, default_cache_dir, format_mode,
+                      format_size)
 from ..connect import (NO_SERVICE, add_direct_arguments, describe, direct_from_args,
                        is_explicit, open_api, service_options)
 from ..daemon import ReadyPipe, daemonize, log_to_file
@@ -40,53 +41,61 @@ from ..mountpoint import probe as probe_mountpoint
 from ..mountpoint import unmount
 from ..takeover import Adopted
 from . import held
+from .options import quiet_options
 
 log = logging.getLogger(__name__)
 
 
-def add_arguments(top, svc: argparse.ArgumentParser) -> None:
+def add_arguments(top, svc: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``imagefs mount`` and ``imagefs umount``; the mount's parser is returned (for
+    ``mount.imagefs``, which takes the same options)."""
+    d = MountConfig  # the defaults, shown in the help; an option not given leaves them
     p = top.add_parser("mount", parents=[svc], help="mount the images at MOUNTPOINT")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("--nonempty", action="store_true",
                    help="mount over a directory that is not empty (hiding what is in it)")
     p.add_argument("--cache-dir", metavar="DIR", help=f"disk cache (default {default_cache_dir()})")
-    p.add_argument("--cache-size", default="20G", metavar="SIZE",
-                   help="disk cache bound (default 20G; 0 disables it)")
-    p.add_argument("--cache-min-free", default="5%", metavar="SIZE|PERCENT",
-                   help="free space the disk cache leaves on its filesystem (default 5%%)")
-    p.add_argument("--memory-cache", default="256M", metavar="SIZE",
-                   help="memory cache bound (default 256M)")
-    p.add_argument("--block-size", default="256K", metavar="SIZE",
-                   help="cache block size (default 256K)")
-    p.add_argument("--readahead", default="64M", metavar="SIZE",
+    p.add_argument("--cache-size", metavar="SIZE",
+                   help=f"disk cache bound (default {format_size(d.cache_size)}; 0 disables it)")
+    p.add_argument("--cache-min-free", metavar="SIZE|PERCENT",
+                   help="free space the disk cache leaves on its filesystem (default "
+                        f"{str(d.cache_min_free).replace('%', '%%')})")
+    p.add_argument("--memory-cache", metavar="SIZE",
+                   help=f"memory cache bound (default {format_size(d.memory_cache)})")
+    p.add_argument("--block-size", metavar="SIZE",
+                   help=f"cache block size (default {format_size(d.block_size)})")
+    p.add_argument("--readahead", metavar="SIZE",
                    help="how far the mount fetches ahead of a sequential reader "
-                        "(default 64M; 0 turns it off)")
-    p.add_argument("--kernel-readahead", default="256K", metavar="SIZE",
-                   help="the kernel's readahead on the mount (default 256K; 0 leaves the "
-                        "kernel's own)")
-    p.add_argument("--fetch-threads", type=int, default=8, metavar="N",
-                   help="ranged reads (random access) in flight at once (default 8)")
-    p.add_argument("--list-ttl", type=float, default=30.0, metavar="SECONDS",
-                   help="how long a listing of images is trusted (default 30)")
-    p.add_argument("--record-ttl", type=float, default=30.0, metavar="SECONDS",
-                   help="how long an image's metadata is trusted (default 30)")
-    p.add_argument("--read-deadline", type=float, default=30.0, metavar="SECONDS",
-                   help="a read that cannot be served by then fails with EIO (default 30)")
+                        f"(default {format_size(d.max_readahead)}; 0 turns it off)")
+    p.add_argument("--kernel-readahead", metavar="SIZE",
+                   help="the kernel's readahead on the mount (default "
+                        f"{format_size(d.read_ahead_kb * 1024)}; 0 leaves the kernel's own)")
+    p.add_argument("--fetch-threads", type=int, metavar="N",
+                   help="ranged reads (random access) in flight at once "
+                        f"(default {d.fetch_threads})")
+    p.add_argument("--list-ttl", type=float, metavar="SECONDS",
+                   help=f"how long a listing of images is trusted (default {d.list_ttl:g})")
+    p.add_argument("--record-ttl", type=float, metavar="SECONDS",
+                   help=f"how long an image's metadata is trusted (default {d.record_ttl:g})")
+    p.add_argument("--read-deadline", type=float, metavar="SECONDS",
+                   help="a read that cannot be served by then fails with EIO "
+                        f"(default {d.read_deadline:g})")
     p.add_argument("--profile-dir", metavar="DIR",
                    help="boot profiles: what the first boot of an image read, replayed as a "
                         "prefetch on later opens (default <cache dir>/profiles; hosts may "
                         "share one)")
-    p.add_argument("--profile-window", type=float, default=120.0, metavar="SECONDS",
+    p.add_argument("--profile-window", type=float, metavar="SECONDS",
                    help="how long after an image's first read its reads are recorded "
-                        "(default 120; 0 records nothing)")
+                        f"(default {d.profile_window:g}; 0 records nothing)")
     p.add_argument("--allow-other", action="store_true", help="let other users read the mount")
     p.add_argument("--uid", metavar="USER", help="owner of every file (default: the mount's user)")
     p.add_argument("--gid", metavar="GROUP", help="group of every file (default: the mount's)")
-    p.add_argument("--file-mode", default="0444", metavar="MODE",
-                   help="permissions of the files (default 0444); the kernel enforces them")
-    p.add_argument("--dir-mode", default="0555", metavar="MODE",
-                   help="permissions of the directories (default 0555)")
+    p.add_argument("--file-mode", metavar="MODE",
+                   help=f"permissions of the files (default {format_mode(d.file_mode)}); the "
+                        "kernel enforces them")
+    p.add_argument("--dir-mode", metavar="MODE",
+                   help=f"permissions of the directories (default {format_mode(d.dir_mode)})")
     p.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus metrics at http://ADDR:PORT/metrics (default off)")
     p.add_argument("--log", metavar="FILE",
@@ -100,9 +109,9 @@ def add_arguments(top, svc: argparse.ArgumentParser) -> None:
 
     u = top.add_parser("umount", help="unmount an imagefs mount")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
-    u.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
-    u.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    quiet_options(u)
     u.set_defaults(run=run_umount)
+    return p
 
 
 def _identity(ctx) -> str:

@@ -9,7 +9,6 @@ returns once the new daemon answers ``imagefs status``, and says its pid.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from ..control import request, socket_for
 from ..errors import ConfigError, ImagefsError
+from .options import quiet_options
 
 WAIT = 60.0
 
@@ -28,8 +28,7 @@ def add_arguments(top) -> None:
                    "cannot be found from MOUNTPOINT")
     p.add_argument("--timeout", type=float, default=WAIT, metavar="SECONDS",
                    help=f"how long to wait for the new daemon (default {WAIT:.0f})")
-    p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    quiet_options(p)
     p.set_defaults(run=run)
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
-from .config import default_cache_dir
-from .errors import ImageNotFound
-from .output import print_table
-from .profiles import ProfileStore
-from .progress import human
+from ..config import default_cache_dir
+from ..errors import ImageNotFound
+from ..output import print_table
+from ..profiles import ProfileStore
+from ..progress import human
 
 
-def add_arguments(top, fmt) -> None:
+def add_arguments(top, fmt: argparse.ArgumentParser) -> None:
     p = top.add_parser("profile", help="boot profiles: what boots of an image read")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     s = sub.add_parser("show", parents=[fmt], help="a profile's blocks, bytes and boot time")
@@ -23,10 +24,10 @@ def add_arguments(top, fmt) -> None:
     where.add_argument("--cache-dir", metavar="DIR",
                        help="the mount's cache directory, whose profiles/ to read "
                             f"(default {default_cache_dir()})")
-    s.set_defaults(run=run_show)
+    s.set_defaults(run=run)
 
 
-def run_show(args) -> int:
+def run(args) -> int:
     root = Path(args.profile_dir) if args.profile_dir else \
         Path(args.cache_dir or default_cache_dir()) / "profiles"
     profiles = ProfileStore(root).find(args.image)
