@@ -37,7 +37,8 @@ def run(args) -> int:
     if args.format == "json":
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
-    print_table([(k, status.get(k)) for k in FIELDS], ("Field", "Value"))
+    print_table([(k, status[k]) for k in FIELDS if k in status],  # an older daemon's: fewer
+                ("Field", "Value"))
     print_table([(i["id"], i["name"], i["size"], i["cached_bytes"], i["fetched_bytes"],
                   i["path"]) for i in status["images"]],
                 ("ID", "Name", "Size", "Cached", "Fetched", "Path"))
