@@ -204,6 +204,7 @@ class Holder:
         self.current: Daemon | None = None
         self.incoming: Daemon | None = None   # a hand-over's new daemon, not yet serving
         self.retiring: list[Daemon] = []
+        self.unreaped: list[subprocess.Popen] = []  # exited, but for a thread (reaped later)
         self.failures = 0
         self.takeovers = 0
         self.stopping = False
@@ -279,9 +280,13 @@ class Holder:
         self.current.go(self.init)
 
     def on_exit(self, daemon: Daemon) -> None:
-        code = daemon.proc.wait()
+        code = daemon.proc.poll()
         self.forget(daemon)
-        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+        if code is None:  # its main thread is gone; another waits in the kernel
+            self.unreaped.append(daemon.proc)
+            how, code = "exit, with a thread left waiting on the mount", -1
+        else:
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
         if daemon in self.retiring:
             self.retiring.remove(daemon)
             log.info("daemon %d handed over and exited (%s)", daemon.proc.pid, how)
@@ -429,6 +434,7 @@ class Holder:
                     elif kind == "exit" and daemon.pidfd >= 0:
                         self.on_status(daemon)  # its last words first
                         self.on_exit(daemon)
+                self._notice_half_dead()
                 self._reap_stuck_retirees()
         finally:
             if connection_alive(self.fd) and not self.aborted:
@@ -436,6 +442,17 @@ class Holder:
             os.close(self.fd)
         log.info("unmounted %s", self.mountpoint)
         return 1 if self.aborted else 0
+
+    def _notice_half_dead(self) -> None:
+        """A daemon whose main thread exited while another of its threads waits for an
+        answer from this mount (one it had read itself) never exits on its own, so its
+        pidfd never says so: it is handled as dead (the next daemon's resend answers
+        that thread, and it is reaped then)."""
+        for daemon in (self.current, self.incoming, *self.retiring):
+            if daemon is not None and daemon.pidfd >= 0 and _leader_exited(daemon.proc.pid):
+                self.on_status(daemon)
+                self.on_exit(daemon)
+        self.unreaped = [p for p in self.unreaped if p.poll() is None]
 
     def _reap_stuck_retirees(self) -> None:
         """An old daemon that has not answered its requests in ``RETIRE_TIMEOUT`` is killed
@@ -447,6 +464,15 @@ class Holder:
                             daemon.proc.pid, RETIRE_TIMEOUT)
                 daemon.proc.kill()
                 daemon.retired_at = float("inf")
+
+
+def _leader_exited(pid: int) -> bool:
+    """Whether process ``pid``'s main thread has exited (a zombie, or gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _write_abort(connection: int | None) -> bool:

@@ -4,6 +4,8 @@ One file, ``/file``, whose 4 KiB block k is ``pattern(k)``.  While the file name
 by ``SURVIVE_SLOW`` exists, every read waits that file's number of seconds first
 (a read the test can kill the daemon under).  ``SURVIVE_FAIL``: while that file
 exists the daemon exits with status 3 at once (a daemon that cannot start).
+``SURVIVE_READ_OWN``: if that file exists, the daemon removes it and one of its
+threads reads the mount (the mount point is in ``$SURVIVE_SLOW.mnt``).
 """
 
 from __future__ import annotations
@@ -63,10 +65,26 @@ class Ops(pyfuse3.Operations):
         return pattern(off, max(0, min(size, SIZE - off)))
 
 
+def _read_own_mount(path: str) -> None:
+    """A thread of the daemon reads its own mount (which it then answers, slowly)."""
+    import threading
+    import time
+
+    def run():
+        time.sleep(0.5)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        os.pread(fd, 4096, 40 << 20)
+    threading.Thread(target=run, daemon=True).start()
+
+
 def main() -> int:
     fail = os.environ.get("SURVIVE_FAIL")
     if fail and os.path.exists(fail):
         return 3
+    own = os.environ.get("SURVIVE_READ_OWN")
+    if own and os.path.exists(own):
+        os.unlink(own)  # the first daemon only
+        _read_own_mount(open(os.environ["SURVIVE_SLOW"] + ".mnt").read())
     adopted = Adopted.from_environment()
     ops = Ops()
     ops.init = adopted.on_init

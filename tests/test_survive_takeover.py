@@ -35,8 +35,13 @@ class Mount:
         self.log = tmp_path / "holder.log"
         spec = {"mountpoint": str(self.path), "options": ["ro"],
                 "daemon": [sys.executable, str(HERE / "survive_fs.py")], **spec}
+        self.own = tmp_path / "own"
+        (tmp_path / "slow.mnt").write_text(str(self.path / "file"))
+        if spec.pop("read_own", False):
+            self.own.touch()
+            self.slow.write_text("2")
         env = dict(os.environ, PYTHONPATH=str(ROOT), SURVIVE_SLOW=str(self.slow),
-                   SURVIVE_FAIL=str(self.fail),
+                   SURVIVE_FAIL=str(self.fail), SURVIVE_READ_OWN=str(self.own),
                    **{imagefs.holder.SPEC_ENV: json.dumps(spec)})
         self.proc = subprocess.Popen([sys.executable, "-I", imagefs.holder.__file__], env=env,
                                      stderr=open(self.log, "ab"))
@@ -172,3 +177,23 @@ def test_an_old_daemon_killed_after_a_hand_over_has_its_reads_resent(mount):
         assert "the kernel resends what the dead daemon had read" in m.log.read_text()
     finally:
         os.close(fd)
+
+
+def test_a_daemon_killed_while_its_own_thread_waits_on_the_mount_is_replaced(mount):
+    """Its main thread dies; the thread waiting for an answer it had read itself cannot
+    (the kernel waits for that answer), so the process never exits on its own."""
+    m = mount(read_own=True)
+    first = m.daemon()
+    time.sleep(1.0)  # its thread's read is in the daemon, waiting
+    os.kill(first, signal.SIGKILL)
+    m.slow.unlink()
+    deadline = time.monotonic() + 10
+    while [p for p in _daemon_pids(m.proc.pid) if p != first] == []:
+        assert time.monotonic() < deadline, m.log.read_text()
+        time.sleep(0.05)
+    with open(m.path / "file", "rb") as f:
+        assert f.read(4096) == pattern(0, 4096)
+    while first in _daemon_pids(m.proc.pid):  # answered by the next daemon: it is reaped
+        assert time.monotonic() < deadline, m.log.read_text()
+        time.sleep(0.05)
+    assert "a thread left waiting on the mount" in m.log.read_text()
