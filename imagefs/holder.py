@@ -13,7 +13,8 @@ new one starts reading, the old one answers what it had read and exits.
 ``SIGTERM``/``SIGINT`` stop the daemon and unmount.
 
 The holder runs as ``python -I holder.py`` and imports nothing but the
-standard library, so that nothing in the data path can take it down.  It is
+standard library and ``fusedev.py`` beside it (the device: mount, ``INIT``,
+resend, abort), so that nothing in the data path can take it down.  It is
 started with a JSON spec in ``IMAGEFS_HOLDER`` (its one argument, the mount point, is
 for ``ps``); the descriptors it names are
 inherited: the cache directory's lock (held for the life of the mount, so that
@@ -29,122 +30,31 @@ rather than wait for ever.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
-import select
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
+
+try:
+    from .fusedev import (RESEND_MINOR, connection_alive, connection_id, init_minor, mount,
+                          read_init, resend_notification, unmount, write_abort)
+except ImportError:  # run as a script (python -I holder.py): no package, only its file
+    sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+    from fusedev import (RESEND_MINOR, connection_alive, connection_id,  # type: ignore
+                         init_minor, mount, read_init, resend_notification, unmount,
+                         write_abort)
 
 log = logging.getLogger("imagefs.holder")
 
 SPEC_ENV = "IMAGEFS_HOLDER"
 TAKEOVER_ENV = "IMAGEFS_TAKEOVER"
 NO_TAKEOVER_ENV = "IMAGEFS_NO_TAKEOVER"  # for tests: a dead daemon is not replaced
-FUSE_INIT = 26
-FUSE_NOTIFY_RESEND = 7
-RESEND_MINOR = 40  # the FUSE protocol minor version of the first kernel that resends
-READ_SIZE = 4 << 20          # more than any request the kernel may queue
 RETIRE_TIMEOUT = 60.0        # an old daemon's in-flight requests have this long
-MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
-
-
-# ---- mounting ------------------------------------------------------------------------
-def mount(mountpoint: str, fsname: str, subtype: str, options: list[str]) -> int:
-    """Mount a FUSE filesystem at ``mountpoint``; the ``/dev/fuse`` descriptor."""
-    if os.geteuid() != 0:
-        return _fusermount(mountpoint, ["rw" if "ro" not in options else "ro",
-                                        f"fsname={fsname}", f"subtype={subtype}",
-                                        *[o for o in options if o != "ro"]])
-    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
-    st = os.stat(mountpoint)
-    data = ",".join([f"fd={fd}", f"rootmode={st.st_mode & 0o170000:o}",
-                     f"user_id={os.getuid()}", f"group_id={os.getgid()}",
-                     *[o for o in options if o in ("allow_other", "default_permissions")]])
-    flags = MS_NOSUID | MS_NODEV | (MS_RDONLY if "ro" in options else 0)
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.mount(fsname.encode(), mountpoint.encode(), f"fuse.{subtype}".encode(),
-                  ctypes.c_ulong(flags), data.encode()) != 0:
-        err = ctypes.get_errno()
-        os.close(fd)
-        raise OSError(err, f"mount at {mountpoint}: {os.strerror(err)}")
-    return fd
-
-
-def _fusermount(mountpoint: str, options: list[str]) -> int:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with ours, theirs:
-        env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
-        proc = subprocess.run(["fusermount3", "-o", ",".join(options), "--", mountpoint],
-                              env=env, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True)
-        theirs.close()
-        if proc.returncode != 0:
-            raise OSError(0, f"fusermount3: {proc.stderr.strip() or proc.returncode}")
-        _, fds, _, _ = socket.recv_fds(ours, 1, 1)
-    if not fds:
-        raise OSError(0, "fusermount3 sent no descriptor")
-    os.set_inheritable(fds[0], False)
-    return fds[0]
-
-
-def read_init(fd: int) -> bytes:
-    """The kernel's ``FUSE_INIT`` request, the first thing a new connection says."""
-    data = os.read(fd, READ_SIZE)
-    length, opcode = struct.unpack_from("<II", data)
-    if opcode != FUSE_INIT or length != len(data):
-        raise OSError(0, f"expected FUSE_INIT from the kernel, got opcode {opcode}")
-    return data
-
-
-def resend_notification() -> bytes:
-    """``fuse_out_header`` of a ``FUSE_NOTIFY_RESEND``: no body, unique 0."""
-    return struct.pack("<IiQ", 16, FUSE_NOTIFY_RESEND, 0)
-
-
-def init_minor(init: bytes) -> int:
-    """The kernel's FUSE protocol minor version, from its ``FUSE_INIT``."""
-    return struct.unpack_from("<II", init, 40)[1]
-
-
-def unmount(mountpoint: str) -> None:
-    """Detach the mount (lazily, as libfuse does); whatever is still open ends with it."""
-    if os.geteuid() == 0:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        if libc.umount2(mountpoint.encode(), 2) == 0:  # MNT_DETACH
-            return
-    subprocess.run(["fusermount3", "-u", "-q", "-z", "--", mountpoint],
-                   stdin=subprocess.DEVNULL, capture_output=True)
-
-
-def connection_alive(fd: int) -> bool:
-    """Whether the kernel still serves the connection (not unmounted, not aborted)."""
-    poll = select.poll()
-    poll.register(fd, 0)
-    return not any(ev & (0x008 | 0x010) for _, ev in poll.poll(0))  # POLLERR, POLLHUP
-
-
-def connection_id(mountpoint: str) -> int | None:
-    """The mount's FUSE connection number (its device's minor), from the mount table:
-    a ``stat`` of the mount point would wait for the daemon."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    found = None
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 4 and fields[4] == mountpoint:
-            found = int(fields[2].split(":")[1])
-    return found
 
 
 # ---- the daemons ------------------------------------------------------------------------
@@ -368,7 +278,7 @@ class Holder:
     def abort(self, why: str) -> None:
         log.error("aborting the FUSE connection of %s: %s; its readers now get errors",
                   self.mountpoint, why)
-        if not _write_abort(self.connection):
+        if not write_abort(self.connection):
             log.info("no /sys/fs/fuse/connections/%s/abort: the connection ends with this "
                      "process, which holds its last descriptor", self.connection)
         self.stopping = True
@@ -473,22 +383,6 @@ def _leader_exited(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
     except (OSError, IndexError):
         return True
-
-
-def _write_abort(connection: int | None) -> bool:
-    """Abort FUSE connection ``connection`` through fusectl (mounted here if it is not,
-    and this process may); whether it could."""
-    control = "/sys/fs/fuse/connections"
-    if connection is None:
-        return False
-    if not os.path.ismount(control) and os.geteuid() == 0:
-        subprocess.run(["mount", "-t", "fusectl", "fusectl", control], capture_output=True)
-    try:
-        with open(f"{control}/{connection}/abort", "w") as f:
-            f.write("1")
-        return True
-    except OSError:
-        return False
 
 
 def _notify(message: str) -> None:

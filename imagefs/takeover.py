@@ -32,7 +32,8 @@ import logging
 import os
 import time
 
-from .holder import RESEND_MINOR, TAKEOVER_ENV, resend_notification
+from .fusedev import RESEND_MINOR, resend_notification
+from .holder import TAKEOVER_ENV
 
 log = logging.getLogger(__name__)
 
