@@ -7,6 +7,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ALICE, make_image, random_bytes
@@ -39,6 +40,12 @@ def kill9(m: Mount) -> int:
     pid = daemon_of(m)
     os.kill(pid, signal.SIGKILL)
     return pid
+
+
+def log_of(m: Mount) -> str:
+    """The mount's output so far, read through a descriptor of its own (``Mount.output``
+    moves the offset its running processes write at)."""
+    return Path(m.log.name).read_text(errors="replace")
 
 
 def restart(m: Mount) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import threading
 
 import guest
 import pytest
-from survive_util import daemon_of, mounted  # noqa: F401
+from survive_util import daemon_of, log_of, mounted  # noqa: F401
 from test_boot import accel, guest_disks, guest_images  # noqa: F401
 
 pytestmark = [pytest.mark.boot, pytest.mark.mount, pytest.mark.glance]
@@ -59,4 +59,4 @@ def test_a_guest_boots_through_two_kills_of_the_daemon(mounted, guest_images, ac
     assert guest.MARKER in boot.console
     assert not IO_ERROR.search(boot.console), boot.console[-3000:]
     assert os.path.ismount(m.path)
-    assert "died (signal SIGKILL)" in m.output() and "Traceback" not in m.output()
+    assert "died (signal SIGKILL)" in log_of(m) and "Traceback" not in log_of(m)

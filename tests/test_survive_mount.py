@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 from survive_util import (MiB, daemon_of, image, imagefs, in_thread, kill9,  # noqa: F401
-                          mounted, restart, status)
+                          log_of, mounted, restart, status)
 
 pytestmark = [pytest.mark.mount, pytest.mark.glance]
 
@@ -72,12 +72,12 @@ def test_restart_hands_over_keeps_the_cache_and_counts_takeovers(mounted, image,
                 page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
                 break
             except OSError:
-                assert time.monotonic() < deadline, m.output()
+                assert time.monotonic() < deadline, log_of(m)
                 time.sleep(0.2)
         assert b"imagefs_cache_hits_total" in page.read()
     finally:
         os.close(fd)
-    assert "handed over" in m.output() and "Traceback" not in m.output()
+    assert "handed over" in log_of(m) and "Traceback" not in log_of(m)
 
 
 def test_repeated_failures_to_start_abort_the_connection(mounted, image, glance_clean, tmp_path):
@@ -96,8 +96,8 @@ def test_repeated_failures_to_start_abort_the_connection(mounted, image, glance_
         assert isinstance(result.get("error"), OSError), result
         assert result["error"].errno in (errno.ECONNABORTED, errno.ENOTCONN, errno.EIO)
         assert m.proc.wait(30) == 1
-        lines = [ln for ln in m.output().splitlines() if "aborting the FUSE connection" in ln]
-        assert len(lines) == 1 and "failed to start 5 times in a row" in lines[0], m.output()
+        lines = [ln for ln in log_of(m).splitlines() if "aborting the FUSE connection" in ln]
+        assert len(lines) == 1 and "failed to start 5 times in a row" in lines[0], log_of(m)
     finally:
         os.close(fd)
 
@@ -160,7 +160,7 @@ def test_as_a_systemd_unit_reload_hands_over_and_stop_unmounts(glance_clean, tmp
             assert status(m)["takeovers"] == 1 and daemon_of(m, other_than=first) != first
             assert "STOPPING=1" not in "".join(messages)  # a hand-over is no stop
             m.proc.send_signal(signal.SIGTERM)  # systemctl stop
-            assert m.proc.wait(30) == 0, m.output()
+            assert m.proc.wait(30) == 0, log_of(m)
             wait_for("STOPPING=1")
             assert not os.path.ismount(m.path)
         finally:

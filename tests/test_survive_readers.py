@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from survive_util import daemon_of, image, kill9, mounted, restart  # noqa: F401
+from survive_util import daemon_of, image, kill9, log_of, mounted, restart  # noqa: F401
 
 pytestmark = [pytest.mark.mount, pytest.mark.glance]
 
@@ -98,7 +98,7 @@ def test_readers_under_two_kills_and_three_restarts_see_no_error_and_no_wrong_by
           f"{sum(r.short for r in readers)} short; slowest read across a kill {slowest:.2f} s")
     assert not failures, failures[:10]
     assert all(r.reads > 20 for r in readers)
-    assert "Traceback" not in m.output()
+    assert "Traceback" not in log_of(m)
 
 
 def test_time_from_kill_9_to_the_first_answered_request(mounted, image):
