@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:  # the mount needs pyfuse3; the image commands do not
         return parser
     mount.add_arguments(top, svc)
+    from .commands import restart
+    restart.add_arguments(top)
     return parser
 
 
@@ -67,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command; ``argv`` None means this process's own command line, from
     which a token given as ``--os-auth-token`` is then hidden (a re-exec)."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # a holder's daemons run it again
     setup_logging(getattr(args, "verbose", False), getattr(args, "debug", False))
     if argv is None and hasattr(args, "os_auth_token"):
         moved = token_from_argv()

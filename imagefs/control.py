@@ -75,6 +75,7 @@ async def serve(cache_dir: Path, mountpoint: Path,
     finally:
         os.umask(old)
     sock.listen(16)
+    ours = os.stat(path).st_ino  # a holder's next daemon binds the same path: not ours
     link = _register(path, mountpoint)
     if task_status is not None:
         task_status.started()
@@ -91,6 +92,8 @@ async def serve(cache_dir: Path, mountpoint: Path,
     finally:
         sock.close()
         with contextlib.suppress(OSError):
+            if os.stat(path).st_ino != ours:
+                return
             path.unlink()
         if link is not None:
             with contextlib.suppress(OSError):

@@ -12,9 +12,14 @@ The namespace::
     /<image id>/data            the image's bytes, fetched lazily (0444)
     /by-name/<name>         a symlink to ../<image id> (``imagefs.names``)
 
-Inode numbers are given out once per image and never reused while mounted,
-so the kernel's lookup counts need no bookkeeping here (``forget`` is a
-no-op).  Listings and records are cached for ``list_ttl``/``record_ttl``
+Inode numbers are derived from the image id (``image_inode``), so that they
+mean the same to every daemon that serves the mount in turn (``imagefs.holder``)
+and the kernel's lookup counts need no bookkeeping here (``forget`` is a no-op).
+An inode this daemon has not seen is looked for in the listing, then among the
+ids of images that were looked up without being listed (``<cache dir>/inodes``).
+A data or metadata file's handle is its inode (with ``DIRECT_FH`` for an
+``O_DIRECT`` open): its state is rebuilt on demand when a handle opened by an
+earlier daemon is read.  Listings and records are cached for ``list_ttl``/``record_ttl``
 seconds; a name that is not in the cached listing is looked up in the image
 service directly, so a new image is reachable at once, and a name not found
 there is not asked for again for ``list_ttl``.  When the service fails, a
@@ -24,9 +29,11 @@ stale listing is served (and logged) rather than an error.  Every clock is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
+import hashlib
 import json
 import logging
 import stat
@@ -56,6 +63,15 @@ BY_NAME_INODE = 2
 _FIRST_IMAGE_INODE = 16
 METADATA, DATA, BY_NAME = "metadata.json", "data", "by-name"
 _KIND_DIR, _KIND_META, _KIND_DATA, _KIND_LINK = 0, 1, 2, 3
+DIRECT_FH = 1 << 63  # in a file handle: opened O_DIRECT
+INODES_FILE = "inodes"
+
+
+def image_inode(image_id: str) -> int:
+    """The inode of an image's directory: 61 bits of the id's SHA-256, times 4 (its
+    ``metadata.json``, ``data`` and by-name link are the next three)."""
+    base = (int.from_bytes(hashlib.sha256(image_id.encode()).digest()[:8], "big") >> 3) << 2
+    return base if base >= _FIRST_IMAGE_INODE else base + _FIRST_IMAGE_INODE
 
 
 @dataclasses.dataclass
@@ -104,6 +120,7 @@ class _Handle:
     content: bytes | None = None   # metadata.json as it was at open
     missed: int = 0                # bytes read that a guiding boot profile did not bring
     paged: bool = True             # the kernel keeps what it reads in its page cache
+    opens: int = 0                 # opens this daemon knows of (one when rebuilt)
 
     def guided(self, size: int, cached: bool) -> bool:
         """Whether the image's boot profile, while it is replayed, stands in for the
@@ -128,7 +145,7 @@ class ImageFS:
         # blocks before they are read (0: no readahead).
         self._window = min(config.max_readahead, config.memory_cache // 2)
         self._by_ino: dict[int, _Image] = {}
-        self._next_ino = _FIRST_IMAGE_INODE
+        self._recorded: set[str] | None = None   # ids in <cache dir>/inodes, once read
         self._listing: list[str] | None = None   # sorted, for readdir
         self._listed: set[str] = set()            # the same, for lookups
         self._names: dict[str, str] = {}          # by-name: file name -> image id
@@ -155,8 +172,11 @@ class ImageFS:
     def _remember(self, record: dict[str, Any]) -> _Image:
         image = self._images.get(record["id"])
         if image is None:
-            image = _Image(record["id"], self._next_ino, record, trio.current_time())
-            self._next_ino += 4
+            image = _Image(record["id"], image_inode(record["id"]), record,
+                           trio.current_time())
+            clash = self._by_ino.get(image.ino)
+            if clash is not None:  # 61 bits of SHA-256: never seen, but never a wrong file
+                raise FsError(errno.EIO, f"images {clash.id} and {image.id} share an inode")
             self._images[image.id] = image
             self._by_ino[image.ino] = image
         else:
@@ -219,11 +239,56 @@ class ImageFS:
             self._missing[image_id] = trio.current_time()
             raise
         self._missing.pop(image_id, None)
-        return self._remember(record)
+        known = image_id in self._images
+        image = self._remember(record)
+        if not known and image_id not in self._listed:
+            self._record_inode(image_id)
+        return image
+
+    def _record_inode(self, image_id: str) -> None:
+        """Note an image reached by id without being listed, for the next daemon
+        (``_resolve``); an unwritable cache directory only loses that."""
+        recorded = self._read_recorded()
+        if image_id in recorded:
+            return
+        recorded.add(image_id)
+        try:
+            with open(self.config.cache_dir / INODES_FILE, "a") as f:
+                f.write(image_id + "\n")
+        except OSError as exc:
+            log.debug("cannot record inode of %s: %s", image_id, exc)
+
+    def _read_recorded(self) -> set[str]:
+        if self._recorded is None:
+            try:
+                text = (self.config.cache_dir / INODES_FILE).read_text()
+            except OSError:
+                text = ""
+            self._recorded = {w for w in text.split() if len(w) == 36 and w.count("-") == 4}
+        return self._recorded
+
+    async def _resolve(self, ino: int) -> tuple[_Image, int]:
+        """``_split``, for an inode an earlier daemon gave the kernel too: looked for in
+        the listing, then among the recorded ids; ENOENT if neither has it."""
+        try:
+            return self._split(ino)
+        except FsError:
+            pass
+        if ino < _FIRST_IMAGE_INODE:
+            raise FsError(errno.ENOENT, f"no inode {ino}")
+        await self.listing()
+        base = ino - ino % 4
+        if base not in self._by_ino:
+            for image_id in self._read_recorded():
+                if image_inode(image_id) == base:
+                    with contextlib.suppress(ImageNotFound):
+                        await self._image(image_id)
+                    break
+        return self._split(ino)
 
     # ---- namespace ------------------------------------------------------------------
     def _split(self, ino: int) -> tuple[_Image, int]:
-        base = ino - (ino - _FIRST_IMAGE_INODE) % 4
+        base = ino - ino % 4
         image = self._by_ino.get(base)
         if image is None or ino - base > _KIND_LINK:
             raise FsError(errno.ENOENT, f"no inode {ino}")
@@ -247,7 +312,7 @@ class ImageFS:
             else:  # not listed (yet): ask the service, so new images are reachable at once
                 image = await self._image(name)
             return self._attr(image, _KIND_DIR)
-        image, kind = self._split(parent)
+        image, kind = await self._resolve(parent)
         if kind != _KIND_DIR:
             raise FsError(errno.ENOTDIR)
         if name == METADATA:
@@ -266,7 +331,7 @@ class ImageFS:
         if ino == ROOT_INODE:
             return Attr(ROOT_INODE, stat.S_IFDIR | self.config.dir_mode, 0, self.mounted_at_ns, 2,
                         self.config.list_ttl)
-        image, kind = self._split(ino)
+        image, kind = await self._resolve(ino)
         if kind not in (_KIND_DATA, _KIND_LINK):  # these never change; the record may
             image = await self._image(image.id)
         return self._attr(image, kind)
@@ -303,7 +368,7 @@ class ImageFS:
         mount accepts, for Nova's image cache (``imagefs.times``).  EROFS elsewhere."""
         if ino in (ROOT_INODE, BY_NAME_INODE):
             raise FsError(errno.EROFS)
-        image, kind = self._split(ino)
+        image, kind = await self._resolve(ino)
         if kind != _KIND_DATA:
             raise FsError(errno.EROFS)
         now = self._attr(image, kind)
@@ -319,7 +384,7 @@ class ImageFS:
             await self.listing()
             snapshot = sorted(self._names)
         else:
-            image, kind = self._split(ino)
+            image, kind = await self._resolve(ino)
             if kind != _KIND_DIR:
                 raise FsError(errno.ENOTDIR)
             snapshot = [METADATA, DATA]
@@ -368,29 +433,57 @@ class ImageFS:
             raise FsError(errno.EROFS)
         if ino in (ROOT_INODE, BY_NAME_INODE):
             raise FsError(errno.EISDIR)
-        image, kind = self._split(ino)
+        image, kind = await self._resolve(ino)
         if kind == _KIND_DIR:
             raise FsError(errno.EISDIR)
         if kind == _KIND_LINK:
             raise FsError(errno.ELOOP)
-        fh = self._new_fh()
+        fh = ino | (DIRECT_FH if direct and kind == _KIND_DATA else 0)
+        handle = await self._handle(fh, image, kind, refresh=True)
+        handle.opens += 1
+        if kind == _KIND_DATA and self.profiles is not None:
+            self.profiles.opened(handle.image)
+        return fh, kind == _KIND_DATA
+
+    async def _handle(self, fh: int, image: _Image, kind: int, refresh: bool) -> _Handle:
+        """The state of handle ``fh`` (made if this daemon has none); ``refresh``: a
+        ``metadata.json`` handle takes the record as it is now."""
+        handle = self._handles.get(fh)
         if kind == _KIND_META:
-            image = await self._image(image.id)
-            self._handles[fh] = _Handle(image.ref, content=metadata_bytes(image.record))
-            return fh, False
-        ref = image.ref
-        self._handles[fh] = _Handle(ref, self._prefetcher(ref, +1, not direct),
-                                    paged=not direct)
-        self.blocks.describe(ref, image.record)
-        self.blocks.hold(ref)  # released by release(): an image in use keeps its blocks
-        if self.profiles is not None:
-            self.profiles.opened(ref)
-        return fh, True
+            if handle is None or refresh:
+                image = await self._image(image.id)
+                content = metadata_bytes(image.record)
+                if handle is None:
+                    handle = self._handles[fh] = _Handle(image.ref, content=content)
+                handle.content = content
+            return handle
+        if handle is None:
+            ref = image.ref
+            paged = not fh & DIRECT_FH
+            handle = self._handles[fh] = _Handle(ref, self._prefetcher(ref, +1, paged),
+                                                 paged=paged)
+            self.blocks.describe(ref, image.record)
+            self.blocks.hold(ref)  # released by release(): an image in use keeps its blocks
+        return handle
+
+    async def _rebuilt(self, fh: int) -> _Handle:
+        """The state of a handle an earlier daemon of the mount opened."""
+        try:
+            image, kind = await self._resolve(fh & ~DIRECT_FH)
+        except FsError:
+            raise FsError(errno.EBADF, f"no file handle {fh}") from None
+        if kind not in (_KIND_META, _KIND_DATA):
+            raise FsError(errno.EBADF, f"no file handle {fh}")
+        if fh in self._handles:  # another read rebuilt it meanwhile
+            return self._handles[fh]
+        handle = await self._handle(fh, image, kind, refresh=False)
+        handle.opens = max(handle.opens, 1)
+        log.info("rebuilt file handle %#x (%s of image %s)", fh,
+                 METADATA if kind == _KIND_META else DATA, image.id)
+        return handle
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        handle = self._handles.get(fh)
-        if handle is None:
-            raise FsError(errno.EBADF)
+        handle = self._handles.get(fh) or await self._rebuilt(fh)
         if handle.content is not None:
             return handle.content[offset:offset + size]
         guided = None
@@ -433,7 +526,15 @@ class ImageFS:
         return entry[0]
 
     def release(self, fh: int) -> None:
-        handle = self._handles.pop(fh, None)
-        if handle is not None and handle.content is None:  # a data file's
+        """One open of ``fh`` ends; its state goes with the last one this daemon knows
+        of (a handle an earlier daemon opened is rebuilt if it is read again)."""
+        handle = self._handles.get(fh)
+        if handle is None:
+            return
+        handle.opens -= 1
+        if handle.opens > 0:
+            return
+        del self._handles[fh]
+        if handle.content is None:  # a data file's
             self.blocks.unhold(handle.image)
             self._prefetcher(handle.image, -1, handle.paged)

@@ -48,6 +48,7 @@ from .profiles_published import ProfileStores, PublishedProfiles
 from .progress import human
 from .sources.choose import DirectOptions
 from .status import snapshot
+from .takeover import Adopted, daemon_status, release
 from .times import DataTimes
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,13 @@ def _unwrap(group: BaseExceptionGroup) -> BaseException:
 
 def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path,
           ready, service: str = "", metrics_address: str | None = None,
-          purge_on_unmount: bool = False, nova_base: Path | None = None) -> int:
+          purge_on_unmount: bool = False, nova_base: Path | None = None,
+          adopted: Adopted | None = None) -> int:
     """Mount and serve until unmounted or signalled; 0 after a clean unmount.
     ``purge_on_unmount``: then remove the blocks of every image that is not public.
-    ``nova_base``: keep Nova's base links there (``imagefs.nova``)."""
+    ``nova_base``: keep Nova's base links there (``imagefs.nova``).
+    ``adopted``: serve the connection a holder hands over (``imagefs.takeover``)
+    instead of mounting; SIGUSR1 then hands it over to the holder's next daemon."""
     faulthandler.enable()
     # Installed here, on the handlers of either mode (foreground or daemon).
     floods = CollapseRepeats().install(logging.getLogger().handlers)
@@ -108,13 +112,19 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
             profiles = BootProfiles(store, blocks, config.profile_window, nursery)
             fs.profiles = profiles
             warmer = Warmer(fs, blocks, profiles, nursery)
-            if metrics_address:
+            if metrics_address and adopted is not None and adopted.takeovers:
+                nursery.start_soon(_serve_metrics_when_free, metrics_address, blocks, memory,
+                                   disk)
+            elif metrics_address:
                 metrics.serve(metrics_address, blocks, memory, disk)
             # Signals are caught before the mount exists: a SIGTERM as soon as the
             # mount appears must unmount it, not kill the daemon.
-            await nursery.start(_watch_signals)
+            await nursery.start(_watch_signals, adopted)
+            ops = FuseOps(fs, config.uid, config.gid)
+            if adopted is not None:
+                ops.init = adopted.on_init
             try:
-                pyfuse3.init(FuseOps(fs, config.uid, config.gid), str(mountpoint), options)
+                pyfuse3.init(ops, adopted.device if adopted else str(mountpoint), options)
             except RuntimeError as exc:
                 raise ConfigError(f"cannot mount at {mountpoint}: {exc}") from exc
             started = time.monotonic()
@@ -122,7 +132,8 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
             async def handle(request: dict) -> dict:
                 op = request.get("op")
                 if op == "status":
-                    return snapshot(fs, blocks, memory, disk, service, started)
+                    return {**snapshot(fs, blocks, memory, disk, service, started),
+                            **daemon_status(adopted)}
                 if op in Warmer.OPS:
                     return await warmer.handle(request)
                 if op in ProfileOps.OPS:
@@ -139,12 +150,15 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
                 # The cluster's connection, made now, is not a first read's to wait for.
                 nursery.start_soon(functools.partial(trio.to_thread.run_sync, chooser.connect,
                                                      abandon_on_cancel=True))
+                if adopted is not None:
+                    adopted.tell("prepared")
                 await pyfuse3.main()
             except BaseException:
                 pyfuse3.close(unmount=False)
                 raise
-            notify("STOPPING=1", "STATUS=unmounted")
-            pyfuse3.close(unmount=True)
+            if adopted is None or not adopted.released:  # not a hand-over: the end
+                notify("STOPPING=1", "STATUS=unmounted")
+            pyfuse3.close(unmount=adopted is None)  # a holder's mount is the holder's
             nursery.cancel_scope.cancel()
             if config.profile_window > 0:
                 profiles.save_all()
@@ -170,7 +184,8 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
                 _purge_not_public(disk, visibility)
         chooser.close()
         floods.remove()
-    log.info("unmounted %s", mountpoint)
+    log.info("%s %s", "handed over" if adopted is not None and adopted.released else
+             "unmounted" if adopted is None else "stopped serving", mountpoint)
     return 0
 
 
@@ -203,10 +218,30 @@ def _warn_if_beyond_filesystem(config: MountConfig) -> None:
                     config.cache_min_free)
 
 
-async def _watch_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+async def _serve_metrics_when_free(address: str, *counters) -> None:
+    """A daemon taking a mount over serves its metrics once the daemon before it (which
+    answers its last requests meanwhile) has let the port go."""
+    for attempt in range(240):
+        try:
+            metrics.serve(address, *counters)
+            return
+        except ConfigError as exc:
+            if attempt == 0:
+                log.info("%s: trying again until the last daemon has exited", exc)
+            await trio.sleep(0.5)
+    log.warning("no metrics on %s: the port stays taken", address)
+
+
+async def _watch_signals(adopted: Adopted | None = None,
+                         task_status=trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
         task_status.started()
         async for signum in signals:
+            if signum == signal.SIGUSR1:
+                if adopted is not None:  # the holder's next daemon is ready
+                    await release(adopted)
+                    return
+                continue
             log.info("%s: unmounting", signal.Signals(signum).name)
             notify("STOPPING=1", "STATUS=unmounting")
             pyfuse3.terminate()
@@ -215,7 +250,9 @@ async def _watch_signals(task_status=trio.TASK_STATUS_IGNORED) -> None:
 
 async def _when_mounted(mountpoint: Path, config: MountConfig, ready) -> None:
     """Once the kernel answers for the mount: tune readahead, report ready."""
-    st = await trio.to_thread.run_sync(os.stat, mountpoint)
+    # Abandoned if cancelled: a daemon that stops serving before the answer (a holder's
+    # mount stays mounted) must not wait for it.
+    st = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
     if config.read_ahead_kb:
         bdi = Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
         try:

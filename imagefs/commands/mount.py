@@ -5,9 +5,14 @@ waits until the daemon reports the mount ready (exit 0) or failed (the reason
 on stderr, exit 1), so a script can use the mount as soon as the command
 returns.  With ``--foreground`` it serves in this process, as systemd's
 ``Type=notify`` unit does.  What is served, and how, is ``imagefs.mount``.
+Either way the mount is kept by a holder (``imagefs.commands.held``,
+``imagefs.holder``) that starts the serving daemon as this command line again;
+that daemon, which finds ``IMAGEFS_TAKEOVER`` set, serves the connection the
+holder hands it (``_serve_adopted``).
 
 One mount per cache directory: the mount holds ``<cache dir>/lock`` for its
-whole life (``imagefs.cachelock``), and a second mount on the same directory
+whole life (``imagefs.cachelock``; the holder holds it, so that two daemons
+may overlap while one hands the mount over), and a second mount on the same directory
 is refused with the first one's pid.  The directory is claimed first
 (``imagefs.cache.directory``): a directory that is not an imagefs cache is
 refused before anything is created in it.
@@ -27,13 +32,15 @@ from ..config import (MountConfig, config_from_args, default_cache_dir, format_m
                       format_size)
 from ..connect import (NO_SERVICE, add_direct_arguments, describe, direct_from_args,
                        is_explicit, open_api, service_options)
-from ..daemon import daemonize
-from ..errors import ConfigError
+from ..daemon import ReadyPipe, daemonize, log_to_file
+from ..errors import ConfigError, ImagefsError
 from ..mount import serve
 from ..mountpoint import IMAGEFS_FSTYPE
 from ..mountpoint import prepare as prepare_mountpoint
 from ..mountpoint import probe as probe_mountpoint
 from ..mountpoint import unmount
+from ..takeover import Adopted
+from . import held
 from .options import quiet_options
 
 log = logging.getLogger(__name__)
@@ -121,7 +128,10 @@ def _identity(ctx) -> str:
 
 def run(args) -> int:
     """``imagefs mount``: check what can be checked here, then serve, in this process
-    or in a daemon."""
+    or in a daemon; or, started by the holder, serve the connection it hands over."""
+    adopted = Adopted.from_environment()
+    if adopted is not None:
+        return _serve_adopted(args, adopted)
     mountpoint = Path(args.mountpoint).absolute()
     prepare_mountpoint(mountpoint, args.nonempty)  # clears a mount left dead by a killed daemon
     config = config_from_args(args)
@@ -136,7 +146,7 @@ def run(args) -> int:
     api, ctx = open_api(opts, retry=config.retry)
     # Fail now, with the reason, rather than mount something that cannot list.
     next(iter(api.get_all(ctx, limit=1)), None)
-    lock_cache_dir(config.cache_dir)  # held (an open fd) until the process exits
+    lock_fd = lock_cache_dir(config.cache_dir)  # held (an open fd) until the holder exits
     what = f"mounting {describe(opts)}{_identity(ctx)} at {mountpoint}"
     log.info("%s (cache %s)", what, config.cache_dir)
     if args.foreground and log.getEffectiveLevel() > logging.INFO:
@@ -145,15 +155,40 @@ def run(args) -> int:
         write_pid(config.cache_dir)
         return serve(api, ctx, config, direct, mountpoint, ready, describe(opts), args.metrics,
                      args.purge_on_unmount, nova_base)
+    log_file = None
+    if not args.foreground:
+        log_file = Path(args.log) if args.log else config.cache_dir / "imagefs.log"
+        try:  # fail here, with the reason, rather than in the daemon
+            os.close(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise ConfigError(f"cannot open the log file {log_file}: {exc.strerror}; "
+                              "give another with --log") from None
+    if held.enabled():
+        return held.start(args, config, mountpoint, lock_fd, log_file)
     if args.foreground:
         return run_serve(None)
-    log_file = Path(args.log) if args.log else config.cache_dir / "imagefs.log"
-    try:  # fail here, with the reason, rather than in the daemon
-        os.close(os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
-    except OSError as exc:
-        raise ConfigError(f"cannot open the log file {log_file}: {exc.strerror}; "
-                          "give another with --log") from None
     return daemonize(run_serve, log_file)
+
+
+def _serve_adopted(args, adopted: Adopted) -> int:
+    """The holder's daemon: the mount point is mounted, the cache directory locked and
+    the service checked already; serve the connection the holder hands over."""
+    log_file = os.environ.get(held.LOG_ENV)
+    if log_file:
+        log_to_file(Path(log_file))
+    config = config_from_args(args)
+    opts = service_options(args)
+    api, ctx = open_api(opts, retry=config.retry)
+    ready = ReadyPipe(adopted.ready_fd) if adopted.ready_fd is not None else None
+    try:
+        nova_base = Path(args.nova_base_dir).absolute() if args.nova_base_dir else None
+        return serve(api, ctx, config, direct_from_args(args), Path(args.mountpoint).absolute(),
+                     ready, describe(opts), args.metrics, args.purge_on_unmount, nova_base,
+                     adopted=adopted)
+    except BaseException as exc:  # the first daemon's reason is the mount command's
+        if ready is not None:
+            ready(str(exc) if isinstance(exc, ImagefsError) else f"{type(exc).__name__}: {exc}")
+        raise
 
 
 def run_umount(args) -> int:

@@ -17,7 +17,7 @@ from ..output import print_table
 from .options import quiet_options
 
 #: The counters of the first table, in order.
-FIELDS = ("service", "uptime_s", "fetched_bytes", "memory_hits", "disk_hits", "memory_bytes",
+FIELDS = ("pid", "version", "started", "takeovers", "service", "uptime_s", "fetched_bytes", "memory_hits", "disk_hits", "memory_bytes",
           "cache_bytes", "cache_size", "disk_behind_blocks", "disk_missed_blocks")
 
 
@@ -37,7 +37,8 @@ def run(args) -> int:
     if args.format == "json":
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
-    print_table([(k, status[k]) for k in FIELDS], ("Field", "Value"))
+    print_table([(k, status[k]) for k in FIELDS if k in status],  # an older daemon's: fewer
+                ("Field", "Value"))
     print_table([(i["id"], i["name"], i["size"], i["cached_bytes"], i["fetched_bytes"],
                   i["path"], (i["profile_replay"] or {}).get("origin") or "none")
                  for i in status["images"]],
