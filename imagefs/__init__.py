@@ -11,7 +11,10 @@ and prints the real graph)::
     connect, control, output,     what the commands share: the service from options,
       progress, notify, ...         the control socket, rendering
     fuse_ops                      the pyfuse3 adapter: every error to an errno
-    fs, names                     the namespace, inodes, attributes, reads
+    fs, handles, listing,         the namespace, attributes, reads; open files and
+      inodes, times, names          their readahead; the listing and records with
+                                    their TTLs; inode numbers from image ids;
+                                    utime on data files; names for by-name/
     profiles, profiles_published, the data path: boot profiles (local and
       prefetch, blocks, streams     published), readahead, single fetches, streams
     cache/                        the memory and disk tiers

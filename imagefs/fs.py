@@ -1,4 +1,4 @@
-"""The filesystem's logic: namespace, inodes, attributes and reads.
+"""The filesystem's logic: the namespace, attributes, and the calls through.
 
 No pyfuse3 here: ``imagefs.fuse_ops`` adapts this class to FUSE, and tests
 call it directly.  Errors are ``imagefs.errors`` and ``FsError`` (an errno
@@ -12,34 +12,27 @@ The namespace::
     /<image id>/data            the image's bytes, fetched lazily (0444)
     /by-name/<name>         a symlink to ../<image id> (``imagefs.names``)
 
-Inode numbers are derived from the image id (``image_inode``), so that they
-mean the same to every daemon that serves the mount in turn (``imagefs.holder``)
-and the kernel's lookup counts need no bookkeeping here (``forget`` is a no-op).
-An inode this daemon has not seen is looked for in the listing, then among the
-ids of images that were looked up without being listed (``<cache dir>/inodes``).
-A data or metadata file's handle is its inode (with ``DIRECT_FH`` for an
-``O_DIRECT`` open): its state is rebuilt on demand when a handle opened by an
-earlier daemon is read.  Listings and records are cached for ``list_ttl``/``record_ttl``
-seconds; a name that is not in the cached listing is looked up in the image
-service directly, so a new image is reachable at once, and a name not found
-there is not asked for again for ``list_ttl``.  When the service fails, a
-stale listing is served (and logged) rather than an error.  Every clock is
-``trio.current_time()``, so tests run TTLs under trio's ``MockClock``.
+``ImageFS`` answers for the namespace, attributes, directory handles and the
+one change it accepts (``set_times``, ``imagefs.times``), over three parts:
+
+- ``imagefs.inodes``: inode numbers derived from image ids, the same for every
+  daemon that serves the mount in turn (``imagefs.holder``), and the record of
+  ids reached without being listed;
+- ``imagefs.listing``: the listing and records with their TTLs, misses, the
+  stale listing served when the service fails, and resolving an inode an
+  earlier daemon gave out;
+- ``imagefs.handles``: open files, rebuilt on demand when a handle an earlier
+  daemon opened is read, and the readahead shared per image.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import functools
-import hashlib
-import json
-import logging
 import stat
 import time
 from datetime import datetime
-from typing import Any
 
 import trio
 
@@ -47,31 +40,21 @@ from .api import API
 from .blocks import BlockReader
 from .config import MountConfig
 from .context import RequestContext
-from .errors import FsError, ImageNotFound
+from .errors import FsError
+from .handles import DIRECT_FH, FileHandles
 from .ids import is_image_id
 from .image import ImageRef
-from .names import by_name
-from .prefetch import Prefetcher, direct_prefetcher
-from .profiles import GUIDED_MISS
-from .records import without_locations
+from .inodes import (BY_NAME_INODE, KIND_DATA, KIND_DIR, KIND_LINK, KIND_META, ROOT_INODE,
+                     InodeTable, image_inode)
+from .listing import ImageRecords, KnownImage, metadata_bytes
+from .profiles import BootProfiles
 from .times import DataTimes
 
-log = logging.getLogger(__name__)
+# Names the filesystem's users (and its tests) take from here.
+__all__ = ["BY_NAME", "BY_NAME_INODE", "DATA", "DIRECT_FH", "METADATA", "ROOT_INODE", "Attr",
+           "FsError", "ImageFS", "image_inode", "metadata_bytes"]
 
-ROOT_INODE = 1
-BY_NAME_INODE = 2
-_FIRST_IMAGE_INODE = 16
 METADATA, DATA, BY_NAME = "metadata.json", "data", "by-name"
-_KIND_DIR, _KIND_META, _KIND_DATA, _KIND_LINK = 0, 1, 2, 3
-DIRECT_FH = 1 << 63  # in a file handle: opened O_DIRECT
-INODES_FILE = "inodes"
-
-
-def image_inode(image_id: str) -> int:
-    """The inode of an image's directory: 61 bits of the id's SHA-256, times 4 (its
-    ``metadata.json``, ``data`` and by-name link are the next three)."""
-    base = (int.from_bytes(hashlib.sha256(image_id.encode()).digest()[:8], "big") >> 3) << 2
-    return base if base >= _FIRST_IMAGE_INODE else base + _FIRST_IMAGE_INODE
 
 
 @dataclasses.dataclass
@@ -94,231 +77,69 @@ def _ns(timestamp: str | None) -> int:
         return 0
 
 
-def metadata_bytes(record: dict[str, Any]) -> bytes:
-    """``metadata.json``: the record without its locations, whatever the API
-    gave (every user of the host may read the file; a location may hold a
-    store's credentials)."""
-    return (json.dumps(without_locations(record), indent=2, sort_keys=True) + "\n").encode()
-
-
-@dataclasses.dataclass
-class _Image:
-    id: str
-    ino: int                    # the directory's; metadata is ino+1, data ino+2
-    record: dict[str, Any]
-    fetched: float              # trio.current_time() of the record
-
-    @property
-    def ref(self) -> ImageRef:
-        return ImageRef.of(self.record)
-
-
-@dataclasses.dataclass
-class _Handle:
-    image: ImageRef
-    prefetcher: Prefetcher | None = None
-    content: bytes | None = None   # metadata.json as it was at open
-    missed: int = 0                # bytes read that a guiding boot profile did not bring
-    paged: bool = True             # the kernel keeps what it reads in its page cache
-    opens: int = 0                 # opens this daemon knows of (one when rebuilt)
-
-    def guided(self, size: int, cached: bool) -> bool:
-        """Whether the image's boot profile, while it is replayed, stands in for the
-        mount's readahead for a read of ``size`` bytes (``cached``: its blocks were
-        all cached or coming): until the reader has missed ``GUIDED_MISS`` bytes
-        that it did not bring (then it reads something else)."""
-        if not cached:
-            self.missed += size
-        return self.missed < GUIDED_MISS
-
-
 class ImageFS:
+    """The mount's filesystem as one caller (``ctx``) sees it: what ``FuseOps`` calls."""
+
     def __init__(self, api: API, ctx: RequestContext, config: MountConfig, blocks: BlockReader,
-                 times: DataTimes | None = None):
+                 times: DataTimes | None = None, profiles: BootProfiles | None = None):
         self.api, self.ctx, self.config, self.blocks = api, ctx, config, blocks
         self.times = times if times is not None else DataTimes()  # utime on data files
-        self.profiles = None  # BootProfiles, when the mount records and replays them
-        self.meta_limiter = trio.CapacityLimiter(4)  # listings never wait behind data fetches
-        self._images: dict[str, _Image] = {}
-        self._prefetchers: dict[tuple, list] = {}  # (id, version, paged) -> [it, opens]
-        # The readahead window; a window over half the memory tier would evict its own
-        # blocks before they are read (0: no readahead).
-        self._window = min(config.max_readahead, config.memory_cache // 2)
-        self._by_ino: dict[int, _Image] = {}
-        self._recorded: set[str] | None = None   # ids in <cache dir>/inodes, once read
-        self._listing: list[str] | None = None   # sorted, for readdir
-        self._listed: set[str] = set()            # the same, for lookups
-        self._names: dict[str, str] = {}          # by-name: file name -> image id
-        self._listed_at = 0.0
-        self._listing_lock = trio.Lock()
-        self._missing: dict[str, float] = {}     # id -> when it was not found
-        self._handles: dict[int, _Handle] = {}
+        self.profiles = profiles  # when the mount records and replays boot profiles
+        self.records = ImageRecords(api, ctx, config, blocks, InodeTable(config.cache_dir))
+        self.handles = FileHandles(config, blocks, self.records)
         self._next_fh = 1
         self._dirs: dict[int, tuple[int, list[str]]] = {}  # fh -> (inode, names)
         self.mounted_at_ns = time.time_ns()
-        self.api_calls = {"list": 0, "get": 0}
         # "seconds": what reads spent waiting for their bytes (a boot's stalls)
         self.reads = {"requests": 0, "bytes": 0, "seconds": 0.0}
 
     @property
     def image_count(self) -> int:
-        return len(self._images)
+        return len(self.records)
 
-    def known_images(self) -> list[_Image]:
+    @property
+    def api_calls(self) -> dict[str, int]:
+        """Calls to the image service: listings and records fetched."""
+        return self.records.api_calls
+
+    def known_images(self) -> list[KnownImage]:
         """Every image the mount has seen a record of."""
-        return list(self._images.values())
-
-    # ---- records ----------------------------------------------------------------
-    def _remember(self, record: dict[str, Any]) -> _Image:
-        image = self._images.get(record["id"])
-        if image is None:
-            image = _Image(record["id"], image_inode(record["id"]), record,
-                           trio.current_time())
-            clash = self._by_ino.get(image.ino)
-            if clash is not None:  # 61 bits of SHA-256: never seen, but never a wrong file
-                raise FsError(errno.EIO, f"images {clash.id} and {image.id} share an inode")
-            self._images[image.id] = image
-            self._by_ino[image.ino] = image
-        else:
-            image.record, image.fetched = record, trio.current_time()
-        return image
-
-    async def _call(self, fn, *args):
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.meta_limiter,
-                                             abandon_on_cancel=True)
+        return self.records.known()
 
     async def listing(self) -> list[str]:
         """Ids of the active images the caller can see (cached for list_ttl)."""
-        async with self._listing_lock:
-            if self._listing is not None and \
-                    trio.current_time() - self._listed_at < self.config.list_ttl:
-                return self._listing
-            self.api_calls["list"] += 1
-            try:
-                records = await self._call(lambda: list(self.api.get_all(self.ctx)))
-            except Exception as exc:
-                if self._listing is None:
-                    raise
-                log.warning("cannot refresh the image listing (%s); serving the one from "
-                            "%.0fs ago", exc, trio.current_time() - self._listed_at)
-                return self._listing
-            listed = self._listed
-            self._listing = sorted(self._remember(r).id for r in records)
-            self._listed = set(self._listing)
-            for image_id in listed - self._listed:  # gone, or no longer visible
-                self.blocks.forget(image_id)
-            self._names = by_name(records)
-            self._listed_at = trio.current_time()
-            return self._listing
+        return await self.records.listing()
 
     async def image_ref(self, image_id: str) -> ImageRef:
         """What the data path needs of an active image (ImageNotFound if it is not)."""
-        return (await self._image(image_id)).ref
-
-    async def _image(self, image_id: str) -> _Image:
-        """The image, its record no older than record_ttl; ImageNotFound if gone."""
-        image = self._images.get(image_id)
-        if image is not None and trio.current_time() - image.fetched < self.config.record_ttl:
-            return image
-        missing = self._missing.get(image_id)
-        if missing is not None and trio.current_time() - missing < self.config.list_ttl:
-            raise ImageNotFound(f"image {image_id} not found (looked up "
-                                f"{trio.current_time() - missing:.0f}s ago)")
-        self.api_calls["get"] += 1
-        try:
-            record = await self._call(self.api.get, self.ctx, image_id, False, False)
-            if record["status"] != "active":
-                raise ImageNotFound(f"image {image_id} is {record['status']}")
-        except ImageNotFound:
-            self.blocks.forget(image_id)
-            if image_id in self._listed:
-                self._listed.discard(image_id)
-                self._listing.remove(image_id)
-            if len(self._missing) > 4096:
-                self._missing.clear()
-            self._missing[image_id] = trio.current_time()
-            raise
-        self._missing.pop(image_id, None)
-        known = image_id in self._images
-        image = self._remember(record)
-        if not known and image_id not in self._listed:
-            self._record_inode(image_id)
-        return image
-
-    def _record_inode(self, image_id: str) -> None:
-        """Note an image reached by id without being listed, for the next daemon
-        (``_resolve``); an unwritable cache directory only loses that."""
-        recorded = self._read_recorded()
-        if image_id in recorded:
-            return
-        recorded.add(image_id)
-        try:
-            with open(self.config.cache_dir / INODES_FILE, "a") as f:
-                f.write(image_id + "\n")
-        except OSError as exc:
-            log.debug("cannot record inode of %s: %s", image_id, exc)
-
-    def _read_recorded(self) -> set[str]:
-        if self._recorded is None:
-            try:
-                text = (self.config.cache_dir / INODES_FILE).read_text()
-            except OSError:
-                text = ""
-            self._recorded = {w for w in text.split() if len(w) == 36 and w.count("-") == 4}
-        return self._recorded
-
-    async def _resolve(self, ino: int) -> tuple[_Image, int]:
-        """``_split``, for an inode an earlier daemon gave the kernel too: looked for in
-        the listing, then among the recorded ids; ENOENT if neither has it."""
-        try:
-            return self._split(ino)
-        except FsError:
-            pass
-        if ino < _FIRST_IMAGE_INODE:
-            raise FsError(errno.ENOENT, f"no inode {ino}")
-        await self.listing()
-        base = ino - ino % 4
-        if base not in self._by_ino:
-            for image_id in self._read_recorded():
-                if image_inode(image_id) == base:
-                    with contextlib.suppress(ImageNotFound):
-                        await self._image(image_id)
-                    break
-        return self._split(ino)
+        return (await self.records.image(image_id)).ref
 
     # ---- namespace ------------------------------------------------------------------
-    def _split(self, ino: int) -> tuple[_Image, int]:
-        base = ino - ino % 4
-        image = self._by_ino.get(base)
-        if image is None or ino - base > _KIND_LINK:
-            raise FsError(errno.ENOENT, f"no inode {ino}")
-        return image, ino - base
-
     async def lookup(self, parent: int, name: str) -> Attr:
         if parent == BY_NAME_INODE:
             await self.listing()
-            image_id = self._names.get(name)
-            if image_id is None or image_id not in self._images:
+            image = self.records.named(name)
+            if image is None:
                 raise FsError(errno.ENOENT)
-            return self._attr(self._images[image_id], _KIND_LINK)
+            return self._attr(image, KIND_LINK)
         if parent == ROOT_INODE:
             if name == BY_NAME:
                 return self._by_name_attr()
             if not is_image_id(name):
                 raise FsError(errno.ENOENT)
             await self.listing()
-            if name in self._listed:
-                image = self._images[name]
+            if self.records.listed(name):
+                image = self.records.get(name)
             else:  # not listed (yet): ask the service, so new images are reachable at once
-                image = await self._image(name)
-            return self._attr(image, _KIND_DIR)
-        image, kind = await self._resolve(parent)
-        if kind != _KIND_DIR:
+                image = await self.records.image(name)
+            return self._attr(image, KIND_DIR)
+        image, kind = await self.records.resolve(parent)
+        if kind != KIND_DIR:
             raise FsError(errno.ENOTDIR)
         if name == METADATA:
-            return self._attr(image, _KIND_META)
+            return self._attr(image, KIND_META)
         if name == DATA:
-            return self._attr(image, _KIND_DATA)
+            return self._attr(image, KIND_DATA)
         raise FsError(errno.ENOENT)
 
     def _by_name_attr(self) -> Attr:
@@ -331,28 +152,28 @@ class ImageFS:
         if ino == ROOT_INODE:
             return Attr(ROOT_INODE, stat.S_IFDIR | self.config.dir_mode, 0, self.mounted_at_ns, 2,
                         self.config.list_ttl)
-        image, kind = await self._resolve(ino)
-        if kind not in (_KIND_DATA, _KIND_LINK):  # these never change; the record may
-            image = await self._image(image.id)
+        image, kind = await self.records.resolve(ino)
+        if kind not in (KIND_DATA, KIND_LINK):  # these never change; the record may
+            image = await self.records.image(image.id)
         return self._attr(image, kind)
 
     def readlink(self, ino: int) -> str:
-        image, kind = self._split(ino)
-        if kind != _KIND_LINK:
+        image, kind = self.records.inodes.split(ino)
+        if kind != KIND_LINK:
             raise FsError(errno.EINVAL)
         return f"../{image.id}"
 
-    def _attr(self, image: _Image, kind: int) -> Attr:
+    def _attr(self, image: KnownImage, kind: int) -> Attr:
         record = image.record
-        if kind == _KIND_DIR:
+        if kind == KIND_DIR:
             return Attr(image.ino, stat.S_IFDIR | self.config.dir_mode, 0,
                         _ns(record.get("updated_at")), 2,
                         self.config.record_ttl)
-        if kind == _KIND_META:
+        if kind == KIND_META:
             return Attr(image.ino + 1, stat.S_IFREG | self.config.file_mode,
                         len(metadata_bytes(record)),
                         _ns(record.get("updated_at")), 1, self.config.record_ttl)
-        if kind == _KIND_LINK:
+        if kind == KIND_LINK:
             return Attr(image.ino + 3, stat.S_IFLNK | 0o777, len(f"../{image.id}"),
                         _ns(record.get("created_at")), 1, self.config.list_ttl)
         # An active image's bytes never change: the kernel may keep its attributes
@@ -368,8 +189,8 @@ class ImageFS:
         mount accepts, for Nova's image cache (``imagefs.times``).  EROFS elsewhere."""
         if ino in (ROOT_INODE, BY_NAME_INODE):
             raise FsError(errno.EROFS)
-        image, kind = await self._resolve(ino)
-        if kind != _KIND_DATA:
+        image, kind = await self.records.resolve(ino)
+        if kind != KIND_DATA:
             raise FsError(errno.EROFS)
         now = self._attr(image, kind)
         await self.times.set(image.id, image.ref.version,
@@ -382,13 +203,13 @@ class ImageFS:
             snapshot = [BY_NAME] + list(await self.listing())
         elif ino == BY_NAME_INODE:
             await self.listing()
-            snapshot = sorted(self._names)
+            snapshot = self.records.names()
         else:
-            image, kind = await self._resolve(ino)
-            if kind != _KIND_DIR:
+            _, kind = await self.records.resolve(ino)
+            if kind != KIND_DIR:
                 raise FsError(errno.ENOTDIR)
             snapshot = [METADATA, DATA]
-        fh = self._new_fh()
+        fh, self._next_fh = self._next_fh, self._next_fh + 1
         self._dirs[fh] = (ino, snapshot)
         return fh
 
@@ -401,20 +222,20 @@ class ImageFS:
         for i in range(start, len(snapshot)):
             name = snapshot[i]
             if ino == BY_NAME_INODE:
-                image = self._images.get(self._names.get(name, ""))
+                image = self.records.named(name)
                 if image is None:
                     continue
-                attr = self._attr(image, _KIND_LINK)
+                attr = self._attr(image, KIND_LINK)
             elif ino != ROOT_INODE:
-                image, _ = self._split(ino)
-                attr = self._attr(image, _KIND_META if name == METADATA else _KIND_DATA)
+                image, _ = self.records.inodes.split(ino)
+                attr = self._attr(image, KIND_META if name == METADATA else KIND_DATA)
             elif name == BY_NAME:
                 attr = self._by_name_attr()
             else:
-                image = self._images.get(name)
+                image = self.records.get(name)
                 if image is None:
                     continue
-                attr = self._attr(image, _KIND_DIR)
+                attr = self._attr(image, KIND_DIR)
             out.append((name, attr, i + 1))
         return out
 
@@ -422,10 +243,6 @@ class ImageFS:
         self._dirs.pop(fh, None)
 
     # ---- files ------------------------------------------------------------------------
-    def _new_fh(self) -> int:
-        fh, self._next_fh = self._next_fh, self._next_fh + 1
-        return fh
-
     async def open(self, ino: int, writable: bool, direct: bool = False) -> tuple[int, bool]:
         """A file handle and whether the kernel may keep its cached pages
         (``direct``: opened ``O_DIRECT``, its reads bypass the page cache)."""
@@ -433,57 +250,18 @@ class ImageFS:
             raise FsError(errno.EROFS)
         if ino in (ROOT_INODE, BY_NAME_INODE):
             raise FsError(errno.EISDIR)
-        image, kind = await self._resolve(ino)
-        if kind == _KIND_DIR:
+        image, kind = await self.records.resolve(ino)
+        if kind == KIND_DIR:
             raise FsError(errno.EISDIR)
-        if kind == _KIND_LINK:
+        if kind == KIND_LINK:
             raise FsError(errno.ELOOP)
-        fh = ino | (DIRECT_FH if direct and kind == _KIND_DATA else 0)
-        handle = await self._handle(fh, image, kind, refresh=True)
-        handle.opens += 1
-        if kind == _KIND_DATA and self.profiles is not None:
+        fh, handle = await self.handles.open(ino, image, kind, direct)
+        if kind == KIND_DATA and self.profiles is not None:
             self.profiles.opened(handle.image)
-        return fh, kind == _KIND_DATA
-
-    async def _handle(self, fh: int, image: _Image, kind: int, refresh: bool) -> _Handle:
-        """The state of handle ``fh`` (made if this daemon has none); ``refresh``: a
-        ``metadata.json`` handle takes the record as it is now."""
-        handle = self._handles.get(fh)
-        if kind == _KIND_META:
-            if handle is None or refresh:
-                image = await self._image(image.id)
-                content = metadata_bytes(image.record)
-                if handle is None:
-                    handle = self._handles[fh] = _Handle(image.ref, content=content)
-                handle.content = content
-            return handle
-        if handle is None:
-            ref = image.ref
-            paged = not fh & DIRECT_FH
-            handle = self._handles[fh] = _Handle(ref, self._prefetcher(ref, +1, paged),
-                                                 paged=paged)
-            self.blocks.describe(ref, image.record)
-            self.blocks.hold(ref)  # released by release(): an image in use keeps its blocks
-        return handle
-
-    async def _rebuilt(self, fh: int) -> _Handle:
-        """The state of a handle an earlier daemon of the mount opened."""
-        try:
-            image, kind = await self._resolve(fh & ~DIRECT_FH)
-        except FsError:
-            raise FsError(errno.EBADF, f"no file handle {fh}") from None
-        if kind not in (_KIND_META, _KIND_DATA):
-            raise FsError(errno.EBADF, f"no file handle {fh}")
-        if fh in self._handles:  # another read rebuilt it meanwhile
-            return self._handles[fh]
-        handle = await self._handle(fh, image, kind, refresh=False)
-        handle.opens = max(handle.opens, 1)
-        log.info("rebuilt file handle %#x (%s of image %s)", fh,
-                 METADATA if kind == _KIND_META else DATA, image.id)
-        return handle
+        return fh, kind == KIND_DATA
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        handle = self._handles.get(fh) or await self._rebuilt(fh)
+        handle = await self.handles.get(fh)
         if handle.content is not None:
             return handle.content[offset:offset + size]
         guided = None
@@ -503,38 +281,6 @@ class ImageFS:
         self.reads["bytes"] += len(data)
         return data
 
-    def _prefetcher(self, ref: ImageRef, opened: int, paged: bool = True) -> Prefetcher | None:
-        """The readahead of the image's open ``data`` files, one for all of them
-        (``opened``: +1 at an open, -1 at a release).  Several readers of one image
-        share its pages in the kernel, and the reads that reach the mount from each
-        of them have holes where another's readahead read first: several ``dd``s
-        of one cold image, each followed alone, looked random (a ranged read per
-        block).  Readers that bypass the page cache (``paged`` False: O_DIRECT)
-        share one of their own, which stands in for the kernel's readahead
-        (``direct_prefetcher``)."""
-        if not self._window:
-            return None
-        key = (ref.id, ref.version, paged)
-        entry = self._prefetchers.get(key)
-        if entry is None:
-            made = Prefetcher(self.config.block_size, self._window) if paged else \
-                direct_prefetcher(self.config.block_size, self.config.read_ahead_kb << 10)
-            entry = self._prefetchers[key] = [made, 0]
-        entry[1] += opened
-        if entry[1] <= 0:
-            del self._prefetchers[key]
-        return entry[0]
-
     def release(self, fh: int) -> None:
-        """One open of ``fh`` ends; its state goes with the last one this daemon knows
-        of (a handle an earlier daemon opened is rebuilt if it is read again)."""
-        handle = self._handles.get(fh)
-        if handle is None:
-            return
-        handle.opens -= 1
-        if handle.opens > 0:
-            return
-        del self._handles[fh]
-        if handle.content is None:  # a data file's
-            self.blocks.unhold(handle.image)
-            self._prefetcher(handle.image, -1, handle.paged)
+        """One open of ``fh`` ends (``FileHandles.release``)."""
+        self.handles.release(fh)

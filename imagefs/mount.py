@@ -104,13 +104,12 @@ def serve(api, ctx, config: MountConfig, direct: DirectOptions, mountpoint: Path
                                  fetch_threads=config.fetch_threads,
                                  read_deadline=config.read_deadline, retry=config.retry,
                                  nursery=nursery)
-            fs = ImageFS(api, ctx, config, blocks, times)
             store = ProfileStores(ProfileStore(config.profile_dir or
                                                config.cache_dir / "profiles"),
                                   PublishedProfiles(api, ctx) if config.publish_profiles
                                   else None)
             profiles = BootProfiles(store, blocks, config.profile_window, nursery)
-            fs.profiles = profiles
+            fs = ImageFS(api, ctx, config, blocks, times, profiles)
             warmer = Warmer(fs, blocks, profiles, nursery)
             if metrics_address and adopted is not None and adopted.takeovers:
                 nursery.start_soon(_serve_metrics_when_free, metrics_address, blocks, memory,

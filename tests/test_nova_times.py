@@ -65,7 +65,7 @@ def test_set_times_on_data_only_and_a_new_version_shows_its_own_time(tmp_path):
                 await fs.set_times(ino, T1, T1)
             assert e.value.errno == errno.EROFS
         # The image's bytes change (a new checksum): its own time again.
-        fs._remember({**fs._images[image["id"]].record, "os_hash_value": "0" * 128})
+        fs.records.remember({**fs.records.get(image["id"]).record, "os_hash_value": "0" * 128})
         assert (await fs.getattr(data.ino)).mtime_ns == own
     run_fs(api, ALICE, tmp_path, body)
 
