@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ALICE, make_image, random_bytes
-from test_mount import Mount, imagefs
+from test_mount import Mount, alice_mounts, imagefs
 
 from imagefs.api import API
 from imagefs.drivers.glance import GlanceDriver
@@ -88,13 +88,7 @@ def image(glance, tmp_path_factory):
 def mounted(glance_clean, tmp_path):
     """mounted(*extra) -> a Mount as alice, through the holder; unmounted at teardown."""
     mounts = []
-    env = {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance_clean.url}
-
-    def make(*extra, name="mnt"):
-        m = Mount(tmp_path / name, tmp_path / f"cache-{name}", env, *extra)
-        mounts.append(m)
-        return m
-    yield make
+    yield alice_mounts(glance_clean, tmp_path, mounts)
     glance_clean.faults()
     for m in mounts:
         if m.proc.poll() is None:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 from conftest import ALICE, make_image, random_bytes
-from test_mount import Mount
+from test_mount import alice_mounts
 
 from imagefs.api import API
 from imagefs.blocks import FAILURE_GRACE
@@ -40,13 +40,7 @@ def image(glance, tmp_path_factory):
 def mounted(glance_clean, tmp_path):
     """mounted(*extra, name=...) -> a Mount as alice; unmounted and checked at teardown."""
     mounts = []
-    env = {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance_clean.url}
-
-    def make(*extra, name="mnt"):
-        m = Mount(tmp_path / name, tmp_path / f"cache-{name}", env, *extra)
-        mounts.append(m)
-        return m
-    yield make
+    yield alice_mounts(glance_clean, tmp_path, mounts)
     glance_clean.faults()  # let stalled requests go before unmounting
     for m in mounts:
         assert m.unmount() == 0, m.output()

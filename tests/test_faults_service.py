@@ -262,27 +262,22 @@ def test_a_dead_mount_of_another_fuse_filesystem_is_refused_with_the_command_tha
 
 def test_systemd_hears_ready_once_the_mount_answers_and_stopping_at_unmount(glance_clean,
                                                                            tmp_path):
-    import socket
+    from test_mount import NotifySocket, alice_mounts
 
-    address = str(tmp_path / "notify.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(address)
-        sock.settimeout(30)
-        m = Mount(tmp_path / "mnt", tmp_path / "cache",
-                  {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance_clean.url,
-                   "NOTIFY_SOCKET": address})
-        messages = []
+    notify = NotifySocket(tmp_path)
+    try:
+        m = alice_mounts(glance_clean, tmp_path, [], {"NOTIFY_SOCKET": notify.address})()
         try:
-            while not any("READY=1" in msg for msg in messages):
-                messages.append(sock.recv(4096).decode())
+            notify.wait_for("READY=1")
             assert os.path.ismount(m.path)  # ready means the mount answers
-            assert any(line.startswith("STATUS=") for msg in messages
+            assert any(line.startswith("STATUS=") for msg in notify.messages
                        for line in msg.splitlines())
         finally:
             assert m.unmount() == 0, m.output()
-        while not any("STOPPING=1" in msg for msg in messages):
-            messages.append(sock.recv(4096).decode())
-    print(f"\nnotify socket got: {messages}")
+        notify.wait_for("STOPPING=1")
+    finally:
+        notify.close()
+    print(f"\nnotify socket got: {notify.messages}")
 
 
 def test_status_counts_what_glance_sent_and_says_where_data_came_from(glance_clean, tmp_path):

@@ -68,6 +68,39 @@ class Mount:
         return self.log.read()
 
 
+def alice_mounts(glance, tmp_path, mounts: list, env: dict | None = None):
+    """make(*extra, name=...) -> a Mount as alice on ``glance`` (``env`` added), each
+    kept in ``mounts`` for the caller's teardown."""
+    alice = {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance.url, **(env or {})}
+
+    def make(*extra, name="mnt"):
+        m = Mount(tmp_path / name, tmp_path / f"cache-{name}", alice, *extra)
+        mounts.append(m)
+        return m
+    return make
+
+
+class NotifySocket:
+    """systemd's notify socket, as a unit's: ``wait_for(word, count)`` reads until
+    ``word`` has come ``count`` times; ``messages`` holds what came."""
+
+    def __init__(self, tmp_path):
+        import socket
+
+        self.address = str(tmp_path / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.address)
+        self.sock.settimeout(30)
+        self.messages: list[str] = []
+
+    def wait_for(self, word: str, count: int = 1) -> None:
+        while sum(word in msg for msg in self.messages) < count:
+            self.messages.append(self.sock.recv(4096).decode())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 @pytest.fixture
 def mount(glance_clean, tmp_path):
     """mount(env=alice, cache=...) → a Mount, unmounted (and checked) at teardown."""

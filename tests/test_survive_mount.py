@@ -136,23 +136,13 @@ def _umount_stops_the_holder(mnt, cache):
 def test_as_a_systemd_unit_reload_hands_over_and_stop_unmounts(glance_clean, tmp_path):
     """What the unit does: the main process (the holder) gets SIGHUP for ``systemctl
     reload`` and SIGTERM for ``systemctl stop`` (``KillMode=mixed``)."""
-    import socket
+    from test_mount import NotifySocket, alice_mounts
 
-    from test_mount import Mount
-
-    address = str(tmp_path / "notify.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(address)
-        sock.settimeout(30)
-        m = Mount(tmp_path / "mnt", tmp_path / "cache",
-                  {"OS_AUTH_TOKEN": "alice-token", "OS_IMAGE_URL": glance_clean.url,
-                   "NOTIFY_SOCKET": address})
+    notify = NotifySocket(tmp_path)
+    try:
+        m = alice_mounts(glance_clean, tmp_path, [], {"NOTIFY_SOCKET": notify.address})()
+        wait_for, messages = notify.wait_for, notify.messages
         try:
-            messages = []
-
-            def wait_for(word: str, count: int = 1) -> None:
-                while sum(word in msg for msg in messages) < count:
-                    messages.append(sock.recv(4096).decode())
             wait_for("READY=1")
             first = daemon_of(m)
             m.proc.send_signal(signal.SIGHUP)  # systemctl reload
@@ -165,3 +155,5 @@ def test_as_a_systemd_unit_reload_hands_over_and_stop_unmounts(glance_clean, tmp
             assert not os.path.ismount(m.path)
         finally:
             subprocess.run(["fusermount3", "-u", "-q", "-z", str(m.path)])
+    finally:
+        notify.close()
