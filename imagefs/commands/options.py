@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Sequence
 
+from ..control import socket_for
 from ..output import FORMATS
 
 
@@ -51,3 +53,14 @@ def quiet_options(p: argparse.ArgumentParser) -> None:
     """``-v`` and ``--debug``, accepted but not shown, by a command that logs little."""
     p.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+
+def socket_option(p: argparse.ArgumentParser) -> None:
+    """``--cache-dir``, for a command that talks to a running mount."""
+    p.add_argument("--cache-dir", metavar="DIR", help="the mount's cache directory, if it "
+                   "cannot be found from MOUNTPOINT")
+
+
+def mount_socket(mountpoint: Path, cache_dir: str | None) -> Path:
+    """The control socket of the mount at ``mountpoint``, or in ``--cache-dir``."""
+    return socket_for(mountpoint, Path(cache_dir).absolute() if cache_dir else None)

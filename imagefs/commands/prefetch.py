@@ -24,6 +24,7 @@ from .. import control
 from ..errors import ConfigError
 from ..ids import is_image_id
 from ..progress import ProgressLine, human
+from .options import mount_socket
 
 #: Seconds between two polls of a job.
 POLL = 0.25
@@ -59,7 +60,7 @@ def _done_bytes(job: dict) -> int:
 
 def run(args) -> int:
     mountpoint = Path(args.mountpoint)
-    sock = control.socket_for(mountpoint, Path(args.cache_dir) if args.cache_dir else None)
+    sock = mount_socket(mountpoint, args.cache_dir)
     ids = [image_id(mountpoint, text) for text in args.images]
     failed = 0
     for image in ids:

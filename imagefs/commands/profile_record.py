@@ -36,6 +36,7 @@ from pathlib import Path
 from .. import control
 from ..errors import ConfigError, ImagefsError
 from ..progress import human
+from .options import mount_socket
 from .prefetch import image_id as to_image_id
 
 QEMU = "qemu-system-x86_64"
@@ -143,7 +144,7 @@ def run_record(args) -> int:
     if args.window <= 0:
         raise ConfigError("--window must be > 0 seconds")
     mountpoint = Path(args.mountpoint).absolute()
-    sock = control.socket_for(mountpoint, Path(args.cache_dir) if args.cache_dir else None)
+    sock = mount_socket(mountpoint, args.cache_dir)
     image = to_image_id(mountpoint, args.image)
     record = _metadata(mountpoint, image)
     fmt = record.get("disk_format") or "raw"

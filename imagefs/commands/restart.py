@@ -14,9 +14,9 @@ import signal
 import time
 from pathlib import Path
 
-from ..control import request, socket_for
+from ..control import request
 from ..errors import ConfigError, ImagefsError
-from .options import quiet_options
+from .options import mount_socket, quiet_options, socket_option
 
 WAIT = 60.0
 
@@ -24,8 +24,7 @@ WAIT = 60.0
 def add_arguments(top) -> None:
     p = top.add_parser("restart", help="hand a mount over to a new daemon (no unmount)")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument("--cache-dir", metavar="DIR", help="the mount's cache directory, if it "
-                   "cannot be found from MOUNTPOINT")
+    socket_option(p)
     p.add_argument("--timeout", type=float, default=WAIT, metavar="SECONDS",
                    help=f"how long to wait for the new daemon (default {WAIT:.0f})")
     quiet_options(p)
@@ -33,8 +32,7 @@ def add_arguments(top) -> None:
 
 
 def run(args) -> int:
-    path = socket_for(Path(args.mountpoint).absolute(),
-                      Path(args.cache_dir).absolute() if args.cache_dir else None)
+    path = mount_socket(Path(args.mountpoint).absolute(), args.cache_dir)
     before = request(path, "status")
     holder = before.get("holder_pid")
     if not holder:

@@ -12,9 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..control import request, socket_for
+from ..control import request
 from ..output import print_table
-from .options import quiet_options
+from .options import mount_socket, quiet_options, socket_option
 
 #: The counters of the first table, in order.
 FIELDS = ("pid", "version", "started", "takeovers", "service", "uptime_s", "fetched_bytes", "memory_hits", "disk_hits", "memory_bytes",
@@ -24,15 +24,13 @@ FIELDS = ("pid", "version", "started", "takeovers", "service", "uptime_s", "fetc
 def add_arguments(top, fmt: argparse.ArgumentParser) -> None:
     p = top.add_parser("status", parents=[fmt], help="what a running mount is doing")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument("--cache-dir", metavar="DIR", help="the mount's cache directory, if it "
-                   "cannot be found from MOUNTPOINT")
+    socket_option(p)
     quiet_options(p)
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
-    path = socket_for(Path(args.mountpoint).absolute(),
-                      Path(args.cache_dir).absolute() if args.cache_dir else None)
+    path = mount_socket(Path(args.mountpoint).absolute(), args.cache_dir)
     status = request(path, "status")
     if args.format == "json":
         print(json.dumps(status, indent=2, sort_keys=True))
